@@ -1,0 +1,25 @@
+"""Terminal rendering (rich), kept apart from the library so the API never prints."""
+
+from __future__ import annotations
+
+
+def print_doctor(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cpu, mem = data["cpu"], data["memory"]
+    console.print(f"[bold]edgetts {data['edgetts']}[/] · Python {data['python']} · {data['os']} ({data['machine']})")
+    console.print(f"CPU: {cpu['model']} · {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores "
+                  f"({cpu['usable_cores']} usable) · features: {' '.join(cpu['features']) or 'none detected'}")
+    console.print(f"Memory: {mem['total_gb']} GB total, {mem['available_gb']} GB available")
+    table = Table("component", "version", "status", "for")
+    for c in data["components"]:
+        status = "[green]ok[/]" if c["ok"] else f"[red]missing[/] → {c['fix']}"
+        table.add_row(c["name"], c["version"] or "-", status, c["purpose"])
+    console.print(table)
+    if data["llama_cpp"]:
+        offload = "yes" if data["llama_cpp"]["gpu_offload"] else "no (CPU-only build)"
+        console.print(f"llama.cpp: GPU offload {offload}\n  {data['llama_cpp']['system_info']}")
+    if data["onnxruntime"]:
+        console.print(f"ONNX Runtime providers: {', '.join(data['onnxruntime']['providers'])}")
