@@ -1,0 +1,394 @@
+"""The arithmetic task that edgetts' built-in models solve: problems, worked solutions, checkers, splits.
+
+A problem is asked the way a person would, and the model answers with one operation per step:
+
+    What is 37*48+15?
+    37*40=1480, 37*8=296, 1480+296=1776, 15+1776=1791
+    Answer: 1791
+
+Stable names (the controller and the embedded models build on them):
+
+- `LEVELS` (1..5) and `LEVEL_SPECS`: operands, digits, parentheses and value caps per level.
+- `Problem(expression, answer, level)`: `.prompt` is `What is <expression>?`.
+- `generate(level, seed) -> Problem`, `problems(n, level, seed) -> list[Problem]`.
+- `evaluate(expression) -> int`, `prompt(expression) -> str`.
+- `solve(expression, rng=None) -> str`: a worked solution (the completion after the prompt). With an
+  `rng`, the path is drawn at random among valid ones: which ready operation goes first, operand
+  order, and whether a multi-digit product is split into partial products. Different paths
+  decorrelate the errors of samples, which is what lets voting help.
+- `parse_answer(text) -> int | None`: the first `Answer: <integer>` (extra text after it is ignored).
+- `check(text, answer) -> bool`: the parsed answer equals `answer` exactly.
+- `check_steps(text) -> StepCheck`: re-verifies every written `a op b = v` step, and that the answer
+  equals the last step, without knowing the true answer.
+- `split("dev" | "test") -> list[Problem]`: fixed held-out sets; `is_held_out(expression)`;
+  `training_problem(rng, level)` never returns a held-out expression.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+LEVELS = (1, 2, 3, 4, 5)
+MAX_VALUE = 9999  # every intermediate value stays in [0, MAX_VALUE]
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    operands: tuple[int, int]  # inclusive range of operand count
+    digits: tuple[int, int]  # inclusive range of digits per operand
+    max_product: int  # cap on every product, so multiplications stay learnable
+    parentheses: bool  # whether a +/- group may sit under * or after -
+
+
+LEVEL_SPECS = {
+    1: LevelSpec((2, 2), (1, 2), 100, False),
+    2: LevelSpec((3, 3), (1, 2), 500, False),
+    3: LevelSpec((3, 4), (1, 2), 2000, True),
+    4: LevelSpec((4, 4), (1, 3), 5000, True),
+    5: LevelSpec((5, 5), (1, 3), 9999, True),
+}
+SPLIT_SEEDS = {"dev": 1_000_003, "test": 2_000_003}
+SPLIT_PER_LEVEL = 40
+
+
+@dataclass(frozen=True)
+class Problem:
+    expression: str
+    answer: int
+    level: int
+
+    @property
+    def prompt(self) -> str:
+        return prompt(self.expression)
+
+
+def prompt(expression: str) -> str:
+    return f"What is {expression}?"
+
+
+# --- expressions: parse into sums of signed terms and products of factors -----------------------
+
+@dataclass
+class Sum:
+    terms: list  # [(sign, node)] with sign +1/-1; node is int, Sum or Prod
+
+
+@dataclass
+class Prod:
+    factors: list  # [node]
+
+
+TOKEN = re.compile(r"\s*(\d+|[-+*()])")
+
+
+def parse(expression: str) -> Sum:
+    """Parse `expression` (digits, + - *, parentheses) into a flat Sum/Prod tree."""
+    tokens = TOKEN.findall(expression)
+    if "".join(tokens) != re.sub(r"\s+", "", expression):
+        raise ValueError(f"cannot parse {expression!r}: use digits, + - * and parentheses")
+    node, rest = _sum(tokens)
+    if rest:
+        raise ValueError(f"cannot parse {expression!r}: unexpected {rest[0]!r}")
+    return node
+
+
+def _sum(tokens):
+    node, tokens = _prod(tokens)
+    terms = [(1, node)]
+    while tokens and tokens[0] in "+-":
+        sign = 1 if tokens[0] == "+" else -1
+        node, tokens = _prod(tokens[1:])
+        terms.append((sign, node))
+    return Sum(terms), tokens
+
+
+def _prod(tokens):
+    node, tokens = _atom(tokens)
+    factors = [node]
+    while tokens and tokens[0] == "*":
+        node, tokens = _atom(tokens[1:])
+        factors.append(node)
+    return (factors[0] if len(factors) == 1 else Prod(factors)), tokens
+
+
+def _atom(tokens):
+    if not tokens:
+        raise ValueError("expression ends too early")
+    if tokens[0] == "(":
+        node, tokens = _sum(tokens[1:])
+        if not tokens or tokens[0] != ")":
+            raise ValueError("missing ')'")
+        return _simplify(node), tokens[1:]
+    if not tokens[0].isdigit():
+        raise ValueError(f"expected a number, got {tokens[0]!r}")
+    return int(tokens[0]), tokens[1:]
+
+
+def _simplify(node):
+    return node.terms[0][1] if isinstance(node, Sum) and len(node.terms) == 1 and node.terms[0][0] == 1 else node
+
+
+def value(node) -> int:
+    if isinstance(node, int):
+        return node
+    if isinstance(node, Prod):
+        out = 1
+        for f in node.factors:
+            out *= value(f)
+        return out
+    return sum(sign * value(n) for sign, n in node.terms)
+
+
+def evaluate(expression: str) -> int:
+    return value(parse(expression))
+
+
+def _in_range(node, spec: LevelSpec) -> bool:
+    """All partial results of any solution path stay in [0, MAX_VALUE] and products under the cap."""
+    if isinstance(node, int):
+        return True
+    if isinstance(node, Prod):
+        total = value(node)
+        return all(_in_range(f, spec) for f in node.factors) and total <= min(spec.max_product, MAX_VALUE)
+    parts = [(s, value(n)) for s, n in node.terms]
+    plus = sum(v for s, v in parts if s > 0)
+    minus = sum(v for s, v in parts if s < 0)
+    return (all(_in_range(n, spec) for _, n in node.terms) and plus - minus >= 0
+            and plus <= MAX_VALUE and minus <= MAX_VALUE)
+
+
+# --- problem generation ------------------------------------------------------------------------
+
+def _random_tree(rng: random.Random, n: int, spec: LevelSpec) -> str:
+    """A random binary expression over n operands, rendered with the parentheses it needs."""
+    if n == 1:
+        digits = rng.randint(*spec.digits)
+        return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1)), "atom"
+    k = rng.randint(1, n - 1)
+    (left, lkind), (right, rkind) = _random_tree(rng, k, spec), _random_tree(rng, n - k, spec)
+    op = rng.choice("+-*")
+    if op == "*":
+        left = f"({left})" if lkind == "sum" else left
+        right = f"({right})" if rkind == "sum" else right
+        return f"{left}*{right}", "prod"
+    if op == "-" and rkind == "sum":
+        right = f"({right})"
+    return f"{left}{op}{right}", "sum"
+
+
+def generate(level: int, seed: int | random.Random) -> Problem:
+    """A random problem of `level` (1-5); the same seed always gives the same problem."""
+    if level not in LEVEL_SPECS:
+        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    rng = seed if isinstance(seed, random.Random) else random.Random(f"{level}:{seed}")
+    spec = LEVEL_SPECS[level]
+    while True:
+        expression, _ = _random_tree(rng, rng.randint(*spec.operands), spec)
+        if "(" in expression and not spec.parentheses:
+            continue
+        tree = parse(expression)
+        if _in_range(tree, spec):
+            return Problem(expression, value(tree), level)
+
+
+def problems(n: int, level: int, seed: int) -> list[Problem]:
+    rng = random.Random(f"problems:{level}:{seed}")
+    return [generate(level, rng) for _ in range(n)]
+
+
+@lru_cache(maxsize=None)
+def split(name: str) -> tuple[Problem, ...]:
+    """The fixed held-out sets: `dev` (calibration) and `test` (never trained on), 40 per level.
+
+    Unique within themselves, and test shares no expression with dev.
+    """
+    if name not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {name!r}")
+    taken = {p.expression for p in split("dev")} if name == "test" else set()
+    out = []
+    for level in LEVELS:
+        rng = random.Random(f"{name}:{level}:{SPLIT_SEEDS[name]}")
+        chosen: list[Problem] = []
+        while len(chosen) < SPLIT_PER_LEVEL:
+            p = generate(level, rng)
+            if p.expression not in taken:
+                taken.add(p.expression)
+                chosen.append(p)
+        out += chosen
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _held_out() -> frozenset[str]:
+    return frozenset(p.expression for name in SPLIT_SEEDS for p in split(name))
+
+
+def is_held_out(expression: str) -> bool:
+    return expression in _held_out()
+
+
+def training_problem(rng: random.Random, level: int) -> Problem:
+    """A fresh problem for training: never one of the dev or test expressions."""
+    while True:
+        p = generate(level, rng)
+        if not is_held_out(p.expression):
+            return p
+
+
+# --- worked solutions --------------------------------------------------------------------------
+
+def solve(expression: str, rng: random.Random | None = None) -> str:
+    """The completion after the prompt: `\\n` steps joined by `, `, then `\\nAnswer: N`.
+
+    Without `rng`, the canonical path (left to right, no splitting); with it, a random valid path.
+    """
+    tree = parse(expression)
+    steps: list[str] = []
+    while not isinstance(tree, int):
+        tree = _reduce(tree, rng, steps)
+    if not steps:
+        steps.append(f"{tree}+0={tree}")
+    return "\n" + ", ".join(steps) + f"\nAnswer: {tree}"
+
+
+def _ready(node) -> list:
+    """Sub-nodes where an operation can happen now: two plain numbers that may be combined."""
+    if isinstance(node, int):
+        return []
+    if isinstance(node, Prod):
+        children, ready = node.factors, sum(isinstance(c, int) for c in node.factors) >= 2
+    else:
+        children, ready = [n for _, n in node.terms], bool(_sum_pairs(node))
+    return ([node] if ready else []) + [r for c in children for r in _ready(c)]
+
+
+def _reduce(tree, rng, steps):
+    ready = _ready(tree)
+    node = rng.choice(ready) if rng else ready[-1]  # canonical: innermost group first
+    if isinstance(node, Prod):
+        _reduce_prod(node, rng, steps)
+    else:
+        _reduce_sum(node, rng, steps)
+    return _collapse(tree)
+
+
+def _pick_pair(items: list[int], rng) -> tuple[int, int]:
+    if not rng:
+        return items[0], items[1]
+    i, j = rng.sample(items, 2)
+    return i, j
+
+
+def _reduce_prod(node: Prod, rng, steps):
+    nums = [i for i, f in enumerate(node.factors) if isinstance(f, int)]
+    i, j = _pick_pair(nums, rng)
+    a, b = node.factors[i], node.factors[j]
+    steps += _multiply(a, b, rng)
+    node.factors[i] = a * b
+    del node.factors[j]
+
+
+def _multiply(a: int, b: int, rng) -> list[str]:
+    """One product, written directly or (at random) split into tens and units of one operand."""
+    if rng and rng.random() < 0.5:
+        a, b = b, a
+    splittable = [k for k, x in enumerate((a, b)) if x >= 10 and x % 10]
+    if not rng or not splittable or rng.random() < 0.5:
+        return [f"{a}*{b}={a * b}"]
+    k = rng.choice(splittable)
+    x, y = (a, b) if k == 0 else (b, a)
+    high, low = x - x % 10, x % 10
+    first, second = (f"{y}*{high}={y * high}", f"{y}*{low}={y * low}")
+    if rng.random() < 0.5:
+        first, second = (f"{high}*{y}={y * high}", f"{low}*{y}={y * low}")
+    total = f"{y * high}+{y * low}={a * b}" if rng.random() < 0.5 else f"{y * low}+{y * high}={a * b}"
+    return [first, second, total]
+
+
+def _reduce_sum(node: Sum, rng, steps):
+    """Combine two numeric terms; signs decide whether it is a+b, a-b, or (for two minus terms) b+c."""
+    pairs = _sum_pairs(node)
+    i, j = rng.choice(pairs) if rng else pairs[0]
+    (si, a), (sj, b) = node.terms[i], node.terms[j]
+    if si == sj:  # a+b, or -a-b = -(a+b)
+        x, y = (b, a) if rng and rng.random() < 0.5 else (a, b)
+        steps.append(f"{x}+{y}={a + b}")
+        result = (si, a + b)
+    else:
+        big, small = (a, b) if si > 0 else (b, a)
+        steps.append(f"{big}-{small}={big - small}")
+        result = (1, big - small)
+    node.terms[i] = result
+    del node.terms[j]
+
+
+def _sum_pairs(node: Sum) -> list[tuple[int, int]]:
+    nums = [i for i, (_, n) in enumerate(node.terms) if isinstance(n, int)]
+    return [(i, j) for i in nums for j in nums if i < j and _combinable(node.terms[i], node.terms[j])]
+
+
+def _combinable(t1, t2) -> bool:
+    (s1, a), (s2, b) = t1, t2
+    return s1 == s2 or (a >= b if s1 > 0 else b >= a)
+
+
+def _collapse(node):
+    """Replace finished groups (one positive term, or one factor) by their contents."""
+    if isinstance(node, int):
+        return node
+    if isinstance(node, Prod):
+        node.factors = [_collapse(f) for f in node.factors]
+        return node.factors[0] if len(node.factors) == 1 else node
+    node.terms = [(s, _collapse(n)) for s, n in node.terms]
+    if len(node.terms) == 1 and node.terms[0][0] == 1:
+        return node.terms[0][1]
+    return node
+
+
+# --- checking ----------------------------------------------------------------------------------
+
+ANSWER = re.compile(r"Answer:\s*(-?\d+)")
+STEP = re.compile(r"(-?\d+)\s*([-+*×x])\s*(-?\d+)\s*=\s*(-?\d+)")
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+       "×": lambda a, b: a * b, "x": lambda a, b: a * b}
+
+
+def parse_answer(text: str) -> int | None:
+    """The integer on the first `Answer:` line; anything after it is ignored."""
+    match = ANSWER.search(text)
+    return int(match.group(1)) if match else None
+
+
+def check(text: str, answer: int) -> bool:
+    return parse_answer(text) == answer
+
+
+@dataclass
+class StepCheck:
+    steps: int
+    wrong: list[str] = field(default_factory=list)  # steps whose arithmetic is false
+    answer: int | None = None
+    answer_matches_last: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Every step is true and the answer is the last step's result."""
+        return self.steps > 0 and not self.wrong and self.answer_matches_last
+
+
+def check_steps(text: str) -> StepCheck:
+    """Re-verify each written `a op b = v` before the answer, without knowing the true answer."""
+    answer = parse_answer(text)
+    work = text.split("Answer:")[0]
+    found = STEP.findall(work)
+    wrong = [f"{a}{op}{b}={v}" for a, op, b, v in found if OPS[op](int(a), int(b)) != int(v)]
+    last = int(found[-1][3]) if found else None
+    return StepCheck(len(found), wrong, answer, answer is not None and answer == last)
+
+
+def training_text(problem: Problem, rng: random.Random | None = None) -> tuple[str, str]:
+    """(prompt, completion) for training: the model learns the completion only."""
+    return problem.prompt, solve(problem.expression, rng)
