@@ -15,7 +15,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain help: rendering it with rich doubles `edgetts --help` time
 )
 
 # Ordered: the first matching type decides the message. Each says how to fix the problem.
