@@ -38,6 +38,12 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0,
                   tie_word_embeddings=True, rms_norm_eps=1e-6, bos=False),
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, head_dim=16, rope_theta=1000000.0,
+                    sliding_window=None, tie_word_embeddings=False, rms_norm_eps=1e-5, bos=True),
+    "qwen3": dict(model_type="qwen3", hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1000000.0,
+                  tie_word_embeddings=True, rms_norm_eps=1e-6, bos=False),
 }
 
 # Real shapes, random weights: they cost what the real models cost to run.
