@@ -27,10 +27,29 @@ def _torch(arch):
     return build
 
 
+def _llamacpp(arch):
+    """The tiny checkpoint exported to f32 GGUF once per session (beside the checkpoint)."""
+    def build(tiny_model):
+        pytest.importorskip("llama_cpp")
+        from edgetts.export.gguf import export_gguf
+        from edgetts.runtimes.llamacpp import LlamaCppEngine
+
+        folder = tiny_model(arch)
+        path = folder.parent / f"{folder.name}.f32.gguf"
+        if not path.exists():
+            export_gguf(folder, path, quant="f32", progress=False)
+        return LlamaCppEngine(path, n_seq_max=8, n_ctx=256)
+
+    return build
+
+
 ENGINES = {
     "fake": (_fake, 0.0),
     "torch-llama": (_torch("llama"), 1e-4),
     "torch-qwen2": (_torch("qwen2"), 1e-4),
+    # llama.cpp keeps the KV cache in f16 and picks kernels by batch shape: 1e-3 absorbs that.
+    "llamacpp-llama": (_llamacpp("llama"), 1e-3),
+    "llamacpp-qwen2": (_llamacpp("qwen2"), 1e-3),
 }
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
