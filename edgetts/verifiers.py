@@ -44,9 +44,10 @@ class CheckerVerifier:
 class GenerativeVerifier:
     """Score = P(yes) from an LM asked whether a candidate solution is correct.
 
-    `prefix` and `suffix` are format strings: the prefix (with `{prompt}`) is shared by every
-    candidate and computed once; the suffix (with `{candidate}`) is prefilled per candidate and
-    must end where the model writes its yes/no token. P(yes) is normalised over {yes, no}.
+    The text read is `prefix.format(prompt=...) + suffix.format(candidate=...)`, ending where the
+    model writes its yes/no token. The candidates' common token prefix is prefilled once and
+    forked; each candidate prefills only the rest, all in one batch. P(yes) is normalised over
+    {yes, no}.
     """
 
     def __init__(self, engine: Engine, prefix: str = "Problem: {prompt}\n",
@@ -80,15 +81,17 @@ class GenerativeVerifier:
         return scores
 
     def _score_chunk(self, prompt: str, candidates: Sequence[str], free: list[int]) -> list[float]:
-        tok = self.engine.tokenizer
+        texts = [self.prefix.format(prompt=prompt) + self.suffix.format(candidate=c) for c in candidates]
+        full = [self.engine.tokenizer.encode(t) for t in texts]
+        # Encode whole texts, then share their longest common token prefix: encoding the parts
+        # separately could split a token the verifier was trained to see whole (e.g. "?\n").
+        shared = _common_prefix(full)
         root, seqs = free[0], free[1:len(candidates) + 1]
-        self.engine.eval(root, tok.encode(self.prefix.format(prompt=prompt)))
+        self.engine.eval(root, full[0][:shared])
         try:
             for seq in seqs:
                 self.engine.fork(root, seq)
-            work = {seq: tok.encode(self.suffix.format(candidate=c), add_special=False)
-                    for seq, c in zip(seqs, candidates)}
-            logits = self.engine.eval_batch(work)
+            logits = self.engine.eval_batch({seq: ids[shared:] for seq, ids in zip(seqs, full)})
             return [self._p_yes(logits[seq][-1]) for seq in seqs]
         finally:
             for seq in (root, *seqs):
@@ -98,3 +101,14 @@ class GenerativeVerifier:
         pair = np.array([row[self.yes_id], row[self.no_id]], dtype=np.float64)
         pair = np.exp(pair - pair.max())
         return float(pair[0] / pair.sum())
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    if n == 0:
+        raise ConfigError("verifier texts are a single token; give the verifier a prefix such as 'Problem: {prompt}'")
+    return n

@@ -1,0 +1,457 @@
+"""Calibration: how accurate each plan is for a task family, fitted from labelled samples.
+
+`collect` draws, per labelled problem, one greedy answer and n samples (scored by every verifier);
+`fit` turns those records into a `Calibration` (RESEARCH.md §1.0, §1.11):
+
+- plan accuracy by Monte-Carlo N-subsets drawn without replacement from the stored samples, for
+  every aggregation strategy and N, and for adaptive plans (waves + stopping rules) by replaying
+  random orders of the samples — with the distribution of waves they used;
+- the same per difficulty bin (prompt-length terciles), shrunk toward the overall figure;
+- coverage pass@k (unbiased) and its fit c(k) = exp(a·k^b);
+- verifier quality: TPR/FPR at 0.5, AUROC, and the accept threshold with FPR <= 5 %;
+- answer lengths: a linear model in prompt tokens and the order statistics of N sample lengths
+  (a batch lasts as long as its longest sample).
+
+`prior()` is the calibration used before any exists: conservative, documented guesses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgetts.errors import ConfigError
+from edgetts.strategies import NEEDS_SCORES, choose, should_stop
+
+SCHEMA_VERSION = 1
+N_GRID = (1, 2, 3, 4, 6, 8, 12, 16)
+VOTES = ("majority", "weighted")
+SELECTORS = ("best_of_n", "weighted_best_of_n", "best_of_majority")
+WAVES = (1, 2, 4)
+N_MAX_ADAPTIVE = (4, 8, 12, 16)
+SHRINK = 20  # problems' worth of weight the overall accuracy gets in each difficulty bin
+
+
+@dataclass
+class Sample:
+    answer: str | None
+    correct: bool
+    mean_logprob: float
+    length: int
+    scores: dict[str, float] = field(default_factory=dict)  # verifier name -> score
+
+
+@dataclass
+class Record:
+    prompt: str
+    truth: str
+    prompt_tokens: int
+    greedy: Sample
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """A calibrated way to answer: strategy, verifier, N (max samples) and wave size (N = one shot)."""
+
+    strategy: str
+    n: int
+    wave: int
+    verifier: str = ""
+
+    @property
+    def name(self) -> str:
+        text = "greedy" if self.strategy == "greedy" else f"{self.strategy}@{self.n}"
+        if self.verifier:
+            text += f"+{self.verifier}"
+        if self.wave < self.n:
+            text += f"/wave{self.wave}"
+        return text
+
+    @property
+    def adaptive(self) -> bool:
+        return self.wave < self.n
+
+    def encode(self) -> str:
+        return f"{self.strategy}|{self.n}|{self.wave}|{self.verifier}"
+
+    @classmethod
+    def decode(cls, text: str) -> PlanKey:
+        strategy, n, wave, verifier = text.split("|")
+        return cls(strategy, int(n), int(wave), verifier)
+
+
+@dataclass
+class PlanStats:
+    accuracy: float
+    by_bin: list[float]
+    waves: list[float]  # waves[k] = P(at least k+1 waves are drawn); [1.0] for one-shot plans
+
+
+@dataclass
+class Calibration:
+    task: str
+    model: str
+    source: str  # "fitted" or "prior"
+    n_problems: int
+    samples_per_problem: int
+    temperature: float
+    bin_edges: list[float]  # prompt-token thresholds between difficulty bins
+    plans: dict[str, PlanStats]
+    length_model: dict[str, float]  # mean tokens = intercept + slope * prompt_tokens (samples and greedy)
+    order_stats: dict[str, list[float]]  # N -> E[sorted lengths / mean length], ascending
+    coverage: dict[str, object] = field(default_factory=dict)
+    verifiers: dict[str, dict[str, float]] = field(default_factory=dict)
+    lengths: dict[str, float] = field(default_factory=dict)
+
+    def stats(self, key: PlanKey) -> PlanStats | None:
+        return self.plans.get(key.encode())
+
+    def keys(self) -> list[PlanKey]:
+        return [PlanKey.decode(k) for k in self.plans]
+
+    def bin_of(self, prompt_tokens: int) -> int:
+        return sum(prompt_tokens > edge for edge in self.bin_edges)
+
+    def accuracy(self, key: PlanKey, prompt_tokens: int | None = None) -> float:
+        stats = self.plans[key.encode()]
+        if prompt_tokens is None or not stats.by_bin:
+            return stats.accuracy
+        return stats.by_bin[min(self.bin_of(prompt_tokens), len(stats.by_bin) - 1)]
+
+    def mean_length(self, prompt_tokens: int, greedy: bool = False) -> float:
+        m = self.length_model
+        which = "greedy" if greedy else "sample"
+        return max(m[f"{which}_intercept"] + m[f"{which}_slope"] * prompt_tokens, 1.0)
+
+    def order(self, n: int) -> list[float]:
+        if str(n) in self.order_stats:
+            return self.order_stats[str(n)]
+        known = sorted(int(k) for k in self.order_stats)
+        top = self.order_stats[str(max(k for k in known if k <= n) if n >= known[0] else known[0])]
+        return _resample(top, n)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"schema": SCHEMA_VERSION, **asdict(self)}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+        return path
+
+
+def _resample(values: list[float], n: int) -> list[float]:
+    """Stretch an ascending order-statistics vector to n entries by linear interpolation."""
+    if n == 1 or len(values) == 1:
+        return [values[-1]] * n if n == 1 else [values[0]] * n
+    out = []
+    for i in range(n):
+        x = i * (len(values) - 1) / (n - 1)
+        lo = int(x)
+        hi = min(lo + 1, len(values) - 1)
+        out.append(values[lo] + (values[hi] - values[lo]) * (x - lo))
+    return out
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no calibration at {path}; run `edgetts calibrate`")
+    data = json.loads(path.read_text())
+    if data.pop("schema", None) != SCHEMA_VERSION:
+        raise ConfigError(f"{path} has an unsupported schema; re-run `edgetts calibrate`")
+    try:
+        data["plans"] = {k: PlanStats(**v) for k, v in data["plans"].items()}
+        return Calibration(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{path} is not a calibration this edgetts reads ({exc}); re-run `edgetts calibrate`") from exc
+
+
+# --- fitting ----------------------------------------------------------------------------------
+
+def plan_grid(verifiers: Sequence[str], n_max: int) -> list[PlanKey]:
+    """Every plan calibration scores: one-shot votes and selectors, and adaptive variants."""
+    sizes = [n for n in N_GRID if n <= n_max]
+    keys = [PlanKey("greedy", 1, 1), PlanKey("single", 1, 1)]
+    keys += [PlanKey(s, n, n) for s in VOTES for n in sizes if n > 1]
+    keys += [PlanKey(s, n, n, v) for v in verifiers for s in SELECTORS for n in sizes if n > 1]
+    adaptive = [n for n in N_MAX_ADAPTIVE if n <= n_max]
+    keys += [PlanKey("majority", n, w) for n in adaptive for w in WAVES if w < n]
+    keys += [PlanKey(s, n, w, v) for v in verifiers for s in ("best_of_n", "best_of_majority")
+             for n in adaptive for w in WAVES if w < n]
+    return keys
+
+
+def _plan_outcome(key: PlanKey, order: list[Sample], accept: dict[str, float]) -> tuple[bool, int]:
+    """Replay a plan on samples in `order`: (correct, waves drawn)."""
+    drawn: list[Sample] = []
+    waves = 0
+    while len(drawn) < key.n:
+        drawn += order[len(drawn):len(drawn) + key.wave]
+        waves += 1
+        answers = [s.answer for s in drawn]
+        scores = [s.scores.get(key.verifier, 0.0) for s in drawn] if key.verifier else None
+        if should_stop(answers, key.n - len(drawn), scores=scores, accept=accept.get(key.verifier)):
+            break
+    answers = [s.answer for s in drawn]
+    scores = [s.scores[key.verifier] for s in drawn] if key.strategy in NEEDS_SCORES else None
+    choice = choose(key.strategy, answers, [s.mean_logprob for s in drawn], scores)
+    correct = choice.index >= 0 and drawn[choice.index].correct
+    return correct, waves
+
+
+def _problem_score(key: PlanKey, record: Record, draws: int, rng: random.Random,
+                   accept: dict[str, float]) -> tuple[float, list[int]]:
+    """Expected correctness of `key` on one problem, and the waves each draw used."""
+    if key.strategy == "greedy":
+        return float(record.greedy.correct), [1]
+    if key.n > len(record.samples):
+        raise ConfigError(f"plan {key.name} needs {key.n} samples per problem; calibrate with n >= {key.n}")
+    hits, waves = 0, []
+    exhaustive = key.n == len(record.samples) and not key.adaptive
+    for _ in range(1 if exhaustive else draws):
+        order = rng.sample(record.samples, key.n) if not key.adaptive else rng.sample(record.samples, len(record.samples))
+        ok, used = _plan_outcome(key, order, accept)
+        hits += ok
+        waves.append(used)
+    return hits / len(waves), waves
+
+
+def fit(records: Sequence[Record], *, task: str, model: str, temperature: float, verifiers: Sequence[str] = (),
+        draws: int = 64, seed: int = 0, n_bins: int = 3,
+        progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Fit a `Calibration` from collected records (see `collect`)."""
+    if not records:
+        raise ConfigError("calibration needs at least one labelled problem")
+    n = min(len(r.samples) for r in records)
+    rng = random.Random(seed)
+    verifier_stats = {v: verifier_quality(records, v) for v in verifiers}
+    accept = {v: s["accept_threshold"] for v, s in verifier_stats.items()}
+    edges = _bin_edges([r.prompt_tokens for r in records], n_bins)
+    bins = [sum(r.prompt_tokens > e for e in edges) for r in records]
+    grid = plan_grid(list(verifiers), n)
+    plans = {}
+    for i, key in enumerate(grid):
+        per_problem = [_problem_score(key, r, draws, rng, accept) for r in records]
+        plans[key.encode()] = _summarise(key, per_problem, bins, len(edges) + 1)
+        if progress:
+            progress(i + 1, len(grid))
+    return Calibration(
+        task=task, model=model, source="fitted", n_problems=len(records), samples_per_problem=n,
+        temperature=temperature, bin_edges=edges, plans=plans, length_model=length_model(records),
+        order_stats=order_statistics(records, [k for k in N_GRID if k <= n], rng),
+        coverage=coverage(records), verifiers=verifier_stats, lengths=length_summary(records),
+    )
+
+
+def _summarise(key: PlanKey, per_problem: list[tuple[float, list[int]]], bins: list[int], n_bins: int) -> PlanStats:
+    overall = statistics.fmean(score for score, _ in per_problem)
+    by_bin = []
+    for b in range(n_bins):
+        scores = [score for (score, _), pb in zip(per_problem, bins) if pb == b]
+        by_bin.append((sum(scores) + SHRINK * overall) / (len(scores) + SHRINK))
+    used = [w for _, waves in per_problem for w in waves]
+    most = max(used)
+    return PlanStats(round(overall, 5), [round(x, 5) for x in by_bin],
+                     [round(sum(u > k for u in used) / len(used), 5) for k in range(most)])
+
+
+def _bin_edges(values: list[int], n_bins: int) -> list[float]:
+    if n_bins <= 1 or len(set(values)) < n_bins:
+        return []
+    ordered = sorted(values)
+    return sorted({ordered[len(ordered) * k // n_bins] for k in range(1, n_bins)})
+
+
+# --- pieces that stand on their own --------------------------------------------------------------
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k with c of n correct: 1 - C(n-c, k)/C(n, k), in its stable product form."""
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def fit_coverage(ks: Sequence[int], cov: Sequence[float]) -> tuple[float, float]:
+    """Fit c(k) = exp(a·k^b) by regressing ln(-ln c) on ln k; a = ln pass@1 when the fit is exact."""
+    points = [(math.log(k), math.log(-math.log(c))) for k, c in zip(ks, cov) if 0 < c < 1]
+    if len(points) < 2:
+        c1 = min(max(cov[0], 1e-9), 1 - 1e-9)
+        return math.log(c1), 0.0
+    mx = statistics.fmean(x for x, _ in points)
+    my = statistics.fmean(y for _, y in points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+    return -math.exp(my - b * mx), b
+
+
+def coverage(records: Sequence[Record]) -> dict[str, object]:
+    n = min(len(r.samples) for r in records)
+    ks = [k for k in range(1, n + 1)]
+    cov = [statistics.fmean(pass_at_k(n, sum(s.correct for s in r.samples[:n]), k) for r in records) for k in ks]
+    fit_ks = [k for k in ks if k == 1 or (k & (k - 1) == 0 and k <= max(n // 2, 1))]
+    a, b = fit_coverage(fit_ks, [cov[k - 1] for k in fit_ks])
+    return {"k": ks, "pass_at_k": [round(c, 5) for c in cov], "a": round(a, 5), "b": round(b, 5)}
+
+
+def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(score of a random correct sample > score of a random wrong one), ties count half."""
+    if not positives or not negatives:
+        return float("nan")
+    ordered = sorted([(s, 1) for s in positives] + [(s, 0) for s in negatives])
+    rank_sum, i = 0.0, 0
+    while i < len(ordered):
+        j = i
+        while j < len(ordered) and ordered[j][0] == ordered[i][0]:
+            j += 1
+        mid = (i + j + 1) / 2  # average 1-based rank of the tie group
+        rank_sum += mid * sum(label for _, label in ordered[i:j])
+        i = j
+    n_pos, n_neg = len(positives), len(negatives)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def verifier_quality(records: Sequence[Record], name: str, max_fpr: float = 0.05) -> dict[str, float]:
+    pos = [s.scores[name] for r in records for s in r.samples if s.correct and name in s.scores]
+    neg = [s.scores[name] for r in records for s in r.samples if not s.correct and name in s.scores]
+    tpr = sum(x >= 0.5 for x in pos) / max(len(pos), 1)
+    fpr = sum(x >= 0.5 for x in neg) / max(len(neg), 1)
+    return {"tpr": round(tpr, 4), "fpr": round(fpr, 4), "auroc": round(auroc(pos, neg), 4),
+            "accept_threshold": accept_threshold(neg, max_fpr), "n_correct": len(pos), "n_wrong": len(neg)}
+
+
+def accept_threshold(negatives: Sequence[float], max_fpr: float) -> float:
+    """The lowest score threshold whose false-positive rate is at most `max_fpr` (above 1: never accept)."""
+    candidates = sorted(set(negatives) | {1.0})
+    for t in candidates:
+        if sum(x >= t for x in negatives) / max(len(negatives), 1) <= max_fpr:
+            return t
+    return 1.01
+
+
+def length_model(records: Sequence[Record]) -> dict[str, float]:
+    xs = [r.prompt_tokens for r in records]
+    out = {}
+    for which, ys in (("sample", [statistics.fmean(s.length for s in r.samples) for r in records]),
+                      ("greedy", [r.greedy.length for r in records])):
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+        out[f"{which}_intercept"], out[f"{which}_slope"] = round(my - slope * mx, 4), round(slope, 5)
+    return out
+
+
+def order_statistics(records: Sequence[Record], sizes: Sequence[int], rng: random.Random,
+                     draws: int = 32) -> dict[str, list[float]]:
+    """For each N: E[sorted lengths of N samples / the problem's mean sample length]."""
+    out = {}
+    for n in sizes:
+        sums = [0.0] * n
+        count = 0
+        for r in records:
+            mean = statistics.fmean(s.length for s in r.samples) or 1.0
+            for _ in range(draws):
+                for j, length in enumerate(sorted(s.length for s in rng.sample(r.samples, n))):
+                    sums[j] += length / mean
+                count += 1
+        out[str(n)] = [round(x / count, 4) for x in sums]
+    return out
+
+
+def length_summary(records: Sequence[Record]) -> dict[str, float]:
+    lengths = sorted(s.length for r in records for s in r.samples)
+
+    def q(p: float) -> float:
+        return float(lengths[min(int(p * len(lengths)), len(lengths) - 1)])
+    return {"mean": round(statistics.fmean(lengths), 2), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
+            "max": float(lengths[-1])}
+
+
+# --- priors -----------------------------------------------------------------------------------
+
+def prior(model: str = "", verifiers: Sequence[str] = (), n_max: int = 16) -> Calibration:
+    """A calibration to plan with before `edgetts calibrate` has run: deliberately modest gains.
+
+    Greedy 50 %; a single sample 45 %; voting climbs toward +10 points as 1 - N^-1/2;
+    a verifier adds up to +15 points more; adaptive plans keep the one-shot accuracy and are
+    assumed to stop after half their waves. Lengths: 40 tokens, no dependence on the prompt.
+    """
+    plans = {}
+    for key in plan_grid(list(verifiers), n_max):
+        gain = 0.0 if key.n == 1 else 0.10 * (1 - key.n ** -0.5)
+        if key.verifier:
+            gain += 0.15 * (1 - key.n ** -0.5)
+        base = 0.5 if key.strategy == "greedy" else 0.45 if key.n == 1 else 0.5
+        n_waves = -(-key.n // key.wave)
+        waves = [1.0] + [0.5] * (n_waves - 1)
+        plans[key.encode()] = PlanStats(round(base + gain, 4), [], waves)
+    return Calibration(
+        task="prior", model=model, source="prior", n_problems=0, samples_per_problem=n_max, temperature=0.7,
+        bin_edges=[], plans=plans,
+        length_model={"sample_intercept": 40.0, "sample_slope": 0.0, "greedy_intercept": 40.0, "greedy_slope": 0.0},
+        order_stats={str(n): [round(0.8 + 0.4 * j / max(n - 1, 1), 4) for j in range(n)] for n in N_GRID},
+    )
+
+
+# --- collecting samples -----------------------------------------------------------------------
+
+def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature: float, max_tokens: int,
+            is_correct: Callable[[str | None, str], bool], verifiers: dict | None = None,
+            extract=None, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Record]:
+    """For each (prompt, truth): one greedy answer and n samples, scored by every verifier."""
+    from edgetts.generate import prompt_tokens, sample_n
+    from edgetts.strategies import extract_answer
+    from edgetts.types import SamplingParams
+
+    extract = extract or extract_answer
+    verifiers = verifiers or {}
+    chunk = max(engine.info.n_seq_max, 1)
+    records = []
+    for i, (prompt, truth) in enumerate(problems):
+        ids = prompt_tokens(engine.tokenizer, prompt)
+        greedy = sample_n(engine, ids, 1, SamplingParams(temperature=0.0), max_tokens)[0]
+        drawn = []
+        for begin in range(0, n, chunk):
+            params = SamplingParams(temperature=temperature, seed=seed * 1_000_003 + i * 1009 + begin)
+            drawn += sample_n(engine, ids, min(chunk, n - begin), params, max_tokens)
+        scores = {name: v.score(prompt, [c.text for c in drawn]) for name, v in verifiers.items()}
+        samples = [_sample(c, extract, is_correct, truth, {k: s[j] for k, s in scores.items()})
+                   for j, c in enumerate(drawn)]
+        records.append(Record(prompt, truth, len(ids), _sample(greedy, extract, is_correct, truth, {}), samples))
+        if progress:
+            progress(i + 1, len(problems))
+    return records
+
+
+def _sample(completion, extract, is_correct, truth, scores) -> Sample:
+    answer = extract(completion.text)
+    return Sample(answer, bool(is_correct(answer, truth)), completion.mean_logprob, len(completion.tokens), scores)
+
+
+def save_records(records: Sequence[Record], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(asdict(r)) + "\n")
+    return path
+
+
+def load_records(path: str | Path) -> list[Record]:
+    out = []
+    for line in Path(path).read_text().splitlines():
+        data = json.loads(line)
+        data["greedy"] = Sample(**data["greedy"])
+        data["samples"] = [Sample(**s) for s in data["samples"]]
+        out.append(Record(**data))
+    return out
+

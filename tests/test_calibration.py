@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from math import comb
+
+import pytest
+from tts_helpers import SlowEngine, answering_script
+
+from edgetts.calibration import (
+    PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
+    load_records, pass_at_k, plan_grid, prior, save_records,
+)
+
+
+def synthetic(n_problems: int = 30, n: int = 8, seed: int = 0) -> list[Record]:
+    """Problems whose difficulty grows with prompt length; a verifier that mostly tells right from wrong."""
+    rng = random.Random(seed)
+    records = []
+    for i in range(n_problems):
+        tokens = rng.randint(8, 30)
+        p = min(max(1.1 - tokens / 30 + rng.uniform(-0.15, 0.15), 0.05), 0.95)
+        samples = []
+        for _ in range(n):
+            ok = rng.random() < p
+            answer = "42" if ok else rng.choice(["41", "43", str(rng.randint(0, 99))])
+            score = min(max((0.8 if ok else 0.25) + rng.uniform(-0.2, 0.2), 0.0), 1.0)
+            samples.append(Sample(answer, ok, -0.1 if ok else -0.4, 2 * tokens + rng.randint(-3, 3), {"v": score}))
+        greedy_ok = p > 0.5
+        records.append(Record(f"q{i}", "42", tokens, Sample("42" if greedy_ok else "41", greedy_ok, -0.1, 2 * tokens),
+                              samples))
+    return records
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return fit(synthetic(), task="synthetic", model="m", temperature=0.7, verifiers=["v"], draws=16)
+
+
+@pytest.mark.parametrize("n, c, k", [(10, 3, 1), (10, 3, 4), (10, 0, 5), (10, 10, 1), (16, 5, 8), (8, 2, 7)])
+def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_coverage_fit_recovers_an_exponentiated_power_law():
+    a, b = -1.2, -0.6
+    ks = [1, 2, 4, 8, 16]
+    fa, fb = fit_coverage(ks, [math.exp(a * k ** b) for k in ks])
+    assert (fa, fb) == pytest.approx((a, b), rel=1e-6)
+
+
+def test_auroc_matches_pairwise_counting_with_ties():
+    pos, neg = [0.9, 0.8, 0.5, 0.5], [0.5, 0.3, 0.85]
+    pairs = [(1.0 if p > q else 0.5 if p == q else 0.0) for p, q in itertools.product(pos, neg)]
+    assert auroc(pos, neg) == pytest.approx(sum(pairs) / len(pairs))
+
+
+def test_accept_threshold_keeps_false_positives_under_the_cap():
+    negatives = [0.1] * 90 + [0.6] * 6 + [0.95] * 4
+    assert accept_threshold(negatives, 0.05) == 0.95
+    assert accept_threshold([1.0] * 10, 0.05) > 1.0  # a checker that accepts wrong answers is never trusted
+
+
+def test_fit_scores_every_plan_and_majority_at_full_n_is_exact(calibration):
+    records = synthetic()
+    assert {k.encode() for k in plan_grid(["v"], 8)} == set(calibration.plans)
+    exact = 0.0
+    from edgetts.strategies import choose
+    for r in records:
+        choice = choose("majority", [s.answer for s in r.samples], [s.mean_logprob for s in r.samples])
+        exact += r.samples[choice.index].correct
+    assert calibration.accuracy(PlanKey("majority", 8, 8)) == pytest.approx(exact / len(records), abs=1e-4)
+    assert calibration.accuracy(PlanKey("greedy", 1, 1)) == pytest.approx(
+        sum(r.greedy.correct for r in records) / len(records), abs=1e-4)
+
+
+def test_a_good_verifier_beats_voting_and_single_samples(calibration):
+    single = calibration.accuracy(PlanKey("single", 1, 1))
+    vote = calibration.accuracy(PlanKey("majority", 8, 8))
+    best = calibration.accuracy(PlanKey("best_of_n", 8, 8, "v"))
+    assert single < vote < best
+    assert calibration.verifiers["v"]["auroc"] > 0.9
+
+
+def test_adaptive_plans_draw_fewer_waves_at_similar_accuracy(calibration):
+    key = PlanKey("majority", 8, 2)
+    stats = calibration.stats(key)
+    assert stats.waves[0] == 1.0 and len(stats.waves) == 4 and stats.waves[-1] < 1.0
+    assert calibration.accuracy(key) >= calibration.accuracy(PlanKey("majority", 8, 8)) - 0.05
+
+
+def test_difficulty_bins_separate_easy_from_hard(calibration):
+    key = PlanKey("majority", 4, 4)
+    assert len(calibration.bin_edges) == 2
+    assert calibration.accuracy(key, prompt_tokens=9) > calibration.accuracy(key, prompt_tokens=29)
+
+
+def test_length_model_and_order_statistics(calibration):
+    assert calibration.mean_length(20) == pytest.approx(40, abs=2)
+    order = calibration.order(4)
+    assert order == sorted(order) and order[0] < 1 < order[-1]
+    assert len(calibration.order(5)) == 5  # sizes between the calibrated ones are interpolated
+
+
+def test_coverage_is_fitted_per_task(calibration):
+    cov = calibration.coverage
+    assert cov["pass_at_k"] == sorted(cov["pass_at_k"]) and cov["a"] < 0
+    assert math.exp(cov["a"]) == pytest.approx(cov["pass_at_k"][0], abs=0.1)
+
+
+def test_calibration_round_trips_through_json(calibration, tmp_path):
+    again = load_calibration(calibration.save(tmp_path / "cal.json"))
+    key = PlanKey("best_of_majority", 4, 4, "v")
+    assert again.accuracy(key, 12) == calibration.accuracy(key, 12)
+    assert again.order(4) == calibration.order(4)
+
+
+def test_records_round_trip(tmp_path):
+    records = synthetic(3)
+    assert load_records(save_records(records, tmp_path / "r.jsonl")) == records
+
+
+def test_prior_gains_are_modest_and_grow_with_n():
+    cal = prior(verifiers=["v"])
+    votes = [cal.accuracy(PlanKey("majority", n, n)) for n in (2, 4, 8, 16)]
+    assert votes == sorted(votes) and votes[-1] - cal.accuracy(PlanKey("greedy", 1, 1)) <= 0.1
+    assert cal.source == "prior"
+
+
+def test_collect_draws_greedy_and_samples_through_sample_n():
+    from edgetts.verifiers import CheckerVerifier
+
+    engine = SlowEngine(delay=0.0, script=answering_script(), n_seq_max=4)
+    problems = [("What is 2+2?", "4"), ("What is 3+1?", "4")]
+    records = collect(engine, problems, n=6, temperature=1.0, max_tokens=20, is_correct=lambda a, t: a == t,
+                      verifiers={"is4": CheckerVerifier(lambda p, text: text.strip() == "4")})
+    assert len(records) == 2 and all(len(r.samples) == 6 for r in records)
+    assert records[0].greedy.answer == "4" and records[0].greedy.correct
+    answers = {s.answer for r in records for s in r.samples}
+    assert "4" in answers and answers <= {"4", "5", "7"}
+    assert all(s.scores["is4"] == float(s.correct) for r in records for s in r.samples)
+    assert records[0].samples[0].length == 13  # digit and 12 spaces (EOS is not a token of the text)
