@@ -1,0 +1,101 @@
+"""The arithmetic task: problems, worked solutions, checkers and held-out splits."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from edgetts import arithmetic as A
+
+
+def test_same_seed_same_problem_and_levels_validated():
+    assert A.generate(3, 42) == A.generate(3, 42)
+    assert A.generate(3, 42) != A.generate(3, 43)
+    assert A.problems(5, 2, 0) == A.problems(5, 2, 0)
+    with pytest.raises(ValueError, match="level must be one of"):
+        A.generate(6, 0)
+
+
+@pytest.mark.parametrize("level", A.LEVELS)
+def test_problems_match_their_level_and_python(level):
+    spec = A.LEVEL_SPECS[level]
+    for p in A.problems(50, level, seed=1):
+        operands = re.findall(r"\d+", p.expression)
+        assert spec.operands[0] <= len(operands) <= spec.operands[1]
+        assert all(spec.digits[0] <= len(o) <= spec.digits[1] for o in operands)
+        assert p.answer == eval(p.expression) == A.evaluate(p.expression)
+        assert p.prompt == f"What is {p.expression}?"
+        assert spec.parentheses or "(" not in p.expression
+
+
+@pytest.mark.parametrize("level", A.LEVELS)
+def test_every_solution_path_is_correct_one_operation_per_step(level):
+    rng = random.Random(level)
+    for p in A.problems(60, level, seed=2):
+        for solution in (A.solve(p.expression), A.solve(p.expression, rng)):
+            assert solution.startswith("\n") and solution.endswith(f"\nAnswer: {p.answer}")
+            steps = solution.strip().split("\n")[0].split(", ")
+            assert all(re.fullmatch(r"\d+[-+*]\d+=\d+", s) for s in steps), solution
+            assert all(0 <= int(s.split("=")[1]) <= A.MAX_VALUE for s in steps)
+            check = A.check_steps(p.prompt + solution)
+            assert check.ok and check.steps == len(steps)
+            assert A.check(solution, p.answer)
+
+
+def test_random_paths_are_diverse():
+    p = A.Problem("405-7+57*2+6", 518, 5)
+    paths = {A.solve(p.expression, random.Random(i)) for i in range(100)}
+    assert len(paths) > 30
+    assert any("*50=" in s or "50*" in s for s in paths), "multi-digit products are sometimes split"
+    assert A.solve(p.expression) == "\n57*2=114, 405-7=398, 398+114=512, 512+6=518\nAnswer: 518"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("\n2+3=5\nAnswer: 5", 5),
+    ("Answer: 42 and then some noise Answer: 7", 42),
+    ("Answer:-3\n", -3),
+    ("Answer:   1791\nWhat is 1+1?", 1791),
+    ("no answer here", None),
+    ("Answer: twelve", None),
+])
+def test_parse_answer_takes_the_first_answer_line(text, expected):
+    assert A.parse_answer(text) == expected
+
+
+def test_check_compares_exactly():
+    assert A.check("Answer: 18", 18)
+    assert not A.check("Answer: 180", 18)
+    assert not A.check("18", 18)
+
+
+def test_step_checker_finds_wrong_steps_and_answer_mismatch():
+    good = A.check_steps("What is 37*48+15?\n37*48=1776, 1776+15=1791\nAnswer: 1791")
+    assert good.ok and good.steps == 2 and good.answer == 1791
+    wrong_step = A.check_steps("What is 37*48+15?\n37*48=1766, 1766+15=1781\nAnswer: 1781")
+    assert not wrong_step.ok and wrong_step.wrong == ["37*48=1766"]
+    mismatch = A.check_steps("What is 37*48+15?\n37*48=1776, 1776+15=1791\nAnswer: 1790")
+    assert not mismatch.ok and not mismatch.wrong and not mismatch.answer_matches_last
+    assert not A.check_steps("What is 2+2?\nAnswer: 4").ok, "an answer without steps is not verified"
+
+
+def test_splits_are_fixed_unique_disjoint_and_never_trained_on():
+    dev, test = A.split("dev"), A.split("test")
+    assert len(dev) == len(test) == 5 * A.SPLIT_PER_LEVEL
+    assert len({p.expression for p in test}) == len(test)
+    assert not {p.expression for p in dev} & {p.expression for p in test}
+    assert [p.level for p in test[:: A.SPLIT_PER_LEVEL]] == list(A.LEVELS)
+    rng = random.Random(0)
+    level1 = {p.expression for p in test if p.level == 1}
+    drawn = [A.training_problem(rng, 1).expression for _ in range(3000)]
+    assert not set(drawn) & level1 and all(not A.is_held_out(e) for e in drawn)
+    with pytest.raises(ValueError, match="split must be one of"):
+        A.split("train")
+
+
+def test_parse_rejects_garbage():
+    with pytest.raises(ValueError, match="cannot parse"):
+        A.parse("2+x")
+    with pytest.raises(ValueError):
+        A.parse("(2+3")
