@@ -80,21 +80,22 @@ class DeviceProfile:
             raise ConfigError(f"profile {self.name!r}: decode.step_seconds must all be > 0, got {self.step_seconds}")
 
     # predictions ------------------------------------------------------------------------
-    def _scale(self, component: str) -> float:
+    def scale(self, component: str) -> float:
+        """The online correction factor of a component: exp(moving average of ln(actual/predicted))."""
         return math.exp(self.log_ratio.get(component, 0.0))
 
     def prefill_s(self, n_tokens: int) -> float:
-        return (self.prefill_fixed + self.prefill_per_token * n_tokens) * self._scale("prefill")
+        return (self.prefill_fixed + self.prefill_per_token * n_tokens) * self.scale("prefill")
 
     def step_s(self, n: float) -> float:
         """One decode step with `n` live sequences: piecewise linear in n, linear beyond the table."""
-        return _interpolate(self.batch, self.step_seconds, max(n, 1.0)) * self._scale("decode")
+        return _interpolate(self.batch, self.step_seconds, max(n, 1.0)) * self.scale("decode")
 
     def verify_s(self, n_candidates: int) -> float:
         if self.verifier_fixed is None or n_candidates <= 0:
             return 0.0
         raw = self.verifier_fixed + (self.verifier_per_candidate or 0.0) * n_candidates
-        return raw * self._scale("verifier")
+        return raw * self.scale("verifier")
 
     @property
     def has_verifier(self) -> bool:

@@ -1,0 +1,342 @@
+"""The budget-aware controller: plan test-time scaling from measured latency, run it, log it.
+
+    plan   = argmax over calibrated plans of expected accuracy, s.t. worst-case latency <= budget
+    cost   = profile (prefill, decode step at batch n, verifier) x calibration (answer lengths)
+    run    = waves of samples with adaptive stopping and a deadline guard: an answer is always
+             returned by the budget, from whatever has finished
+    log    = one JSONL line per request: features, plan, predicted vs actual latency, outcome
+
+See RESEARCH.md §1.5 (stopping), §2.2 (latency model), §2.3 (online updates), §2.4 (guard).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgetts.calibration import Calibration, PlanKey
+from edgetts.errors import ConfigError
+from edgetts.profile import DeviceProfile, cache_dir, save_profile
+from edgetts.strategies import NEEDS_SCORES, Choice, aggregate, extract_answer, should_stop
+from edgetts.types import Completion, SamplingParams
+from edgetts.verifiers import GenerativeVerifier, Verifier
+
+SAFETY = 1.15  # plan so that the all-waves prediction times this fits the budget (VM noise is ±10-20 %)
+GUARD_MARGIN_S = 0.005  # time kept for aggregation after the last sample stops
+DEFAULT_MAX_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    key: PlanKey
+    max_tokens: int
+    temperature: float
+    draft: bool
+    expected_accuracy: float
+    predicted_s: float  # expected latency (adaptive plans: averaged over how many waves they draw)
+    worst_s: float  # every wave drawn, times SAFETY
+
+    @property
+    def name(self) -> str:
+        return self.key.name + (" +draft" if self.draft else "")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "strategy": self.key.strategy, "n": self.key.n, "wave": self.key.wave,
+                "verifier": self.key.verifier or None, "draft": self.draft, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "expected_accuracy": round(self.expected_accuracy, 4),
+                "predicted_s": round(self.predicted_s, 4), "worst_s": round(self.worst_s, 4)}
+
+
+@dataclass
+class Answer:
+    answer: str | None
+    text: str
+    plan: Plan
+    explanation: str
+    predicted_latency_s: float
+    latency_s: float
+    samples: int = 0
+    waves: int = 0
+    stop_reason: str = ""
+    truncated: bool = False  # the guard cut generation short
+    decision_ms: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"answer": self.answer, "text": self.text, "plan": self.plan.to_dict(),
+                "explanation": self.explanation, "predicted_latency_s": round(self.predicted_latency_s, 4),
+                "latency_s": round(self.latency_s, 4), "samples": self.samples, "waves": self.waves,
+                "stop_reason": self.stop_reason, "truncated": self.truncated,
+                "decision_ms": round(self.decision_ms, 3)}
+
+
+# --- cost model -------------------------------------------------------------------------------
+
+class CostModel:
+    """Predicted seconds of a plan for a prompt, from the device profile and the answer lengths."""
+
+    def __init__(self, profile: DeviceProfile, calibration: Calibration, generative: frozenset[str] = frozenset()):
+        self.profile, self.calibration, self.generative = profile, calibration, generative
+        self._cache: dict[tuple, tuple[float, float, float]] = {}
+
+    def decode_s(self, lengths: list[float]) -> float:
+        """Decode time of one batch whose samples end after `lengths` tokens (live ones step together)."""
+        total, done = 0.0, 0.0
+        ordered = sorted(lengths)
+        for j, length in enumerate(ordered):
+            total += max(length - done, 0.0) * self.profile.step_s(len(ordered) - j)
+            done = max(done, length)
+        return total
+
+    def wave_s(self, prompt_tokens: int, key: PlanKey, max_tokens: int, draft: bool = False) -> float:
+        """Seconds of one wave (prefill, batched decode, verifier), with the online corrections."""
+        prefill, decode, verify = self._parts(prompt_tokens, key.strategy == "greedy", key.wave,
+                                              key.verifier in self.generative, max_tokens, draft)
+        p = self.profile
+        return prefill * p.scale("prefill") + decode * p.scale("decode") + verify * p.scale("verifier")
+
+    def _parts(self, prompt_tokens: int, greedy: bool, wave: int, generative: bool, max_tokens: int,
+               draft: bool) -> tuple[float, float, float]:
+        """Uncorrected seconds of a wave's parts, cached: a request re-plans from the cache in microseconds."""
+        signature = (prompt_tokens, greedy, wave, generative, max_tokens, draft)
+        if signature not in self._cache:
+            cal, p = self.calibration, self.profile
+            mean = min(cal.mean_length(prompt_tokens, greedy=greedy), max_tokens)
+            lengths = [min(q * mean, max_tokens) for q in (cal.order(wave) if not greedy else [1.0])]
+            decode = self.decode_s(lengths) / p.scale("decode")
+            if draft and p.draft_speedup:
+                decode /= p.draft_speedup
+            verify = p.verify_s(wave) / p.scale("verifier") if generative else 0.0
+            self._cache[signature] = (p.prefill_s(prompt_tokens) / p.scale("prefill"), decode, verify)
+        return self._cache[signature]
+
+    def predict(self, prompt_tokens: int, key: PlanKey, waves: list[float], max_tokens: int,
+                draft: bool = False) -> tuple[float, float]:
+        """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor)."""
+        one = self.wave_s(prompt_tokens, key, max_tokens, draft) + GUARD_MARGIN_S
+        n_waves = -(-key.n // key.wave)
+        return one * sum(waves[:n_waves]), one * n_waves * SAFETY
+
+
+# --- the controller -----------------------------------------------------------------------------
+
+class Controller:
+    """Plans and answers requests on one generator engine, with optional verifiers and a drafter."""
+
+    def __init__(self, engine, profile: DeviceProfile, calibration: Calibration,
+                 verifiers: Mapping[str, Verifier] | None = None, *, drafter=None, extract=extract_answer,
+                 log_path: str | Path | None = None, profile_path: str | Path | None = None,
+                 seed: int | None = None):
+        self.engine, self.profile, self.calibration = engine, profile, calibration
+        self.verifiers = dict(verifiers or {})
+        self.drafter, self.extract = drafter, extract
+        generative = frozenset(n for n, v in self.verifiers.items() if isinstance(v, GenerativeVerifier))
+        self.cost = CostModel(profile, calibration, generative)
+        self.log_path = Path(log_path) if log_path else cache_dir() / "decisions.jsonl"
+        self.profile_path = Path(profile_path) if profile_path else None
+        self.rng = random.Random(seed)
+        self._keys = [k for k in calibration.keys() if self._usable(k)]
+
+    def _usable(self, key: PlanKey) -> bool:
+        return (not key.verifier or key.verifier in self.verifiers) and key.wave <= self.engine.info.n_seq_max
+
+    # planning ---------------------------------------------------------------------------
+    def plan(self, prompt_tokens: int, budget: float, max_tokens: int | None = None) -> Plan:
+        """The most accurate calibrated plan whose worst-case predicted latency fits `budget`."""
+        if budget <= 0:
+            raise ConfigError(f"budget={budget!r} is invalid: give seconds > 0 (e.g. 2 or 0.5)")
+        cap = self._max_tokens(max_tokens)
+        best = None
+        for key in self._keys:
+            plan = self._evaluate(key, prompt_tokens, cap)
+            if plan.worst_s <= budget and (best is None or _better(plan, best)):
+                best = plan
+        return best or self._fallback(prompt_tokens, budget, cap)
+
+    def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int) -> Plan:
+        stats = self.calibration.stats(key)
+        draft = key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
+        expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft)
+        temperature = 0.0 if key.strategy == "greedy" else self.calibration.temperature
+        return Plan(key, cap, temperature, draft, self.calibration.accuracy(key, prompt_tokens), expected, worst)
+
+    def _fallback(self, prompt_tokens: int, budget: float, cap: int) -> Plan:
+        """Nothing fits: greedy with max tokens cut to what the budget can decode."""
+        greedy = self._evaluate(PlanKey("greedy", 1, 1), prompt_tokens, cap)
+        room = (budget / SAFETY - self.profile.prefill_s(prompt_tokens)) / self.profile.step_s(1)
+        tokens = max(1, min(cap, int(room)))
+        return self._evaluate(greedy.key, prompt_tokens, tokens) if tokens < cap else greedy
+
+    def _max_tokens(self, user_cap: int | None) -> int:
+        observed = self.calibration.lengths.get("max")
+        natural = int(observed * 1.5) + 8 if observed else DEFAULT_MAX_TOKENS
+        return min(user_cap or natural, natural)
+
+    def explain(self, plan: Plan, budget: float, prompt_tokens: int) -> str:
+        greedy = self.calibration.accuracy(PlanKey("greedy", 1, 1), prompt_tokens)
+        stop = f", stopping early when the vote is settled (waves of {plan.key.wave})" if plan.key.adaptive else ""
+        return (f"{plan.name}: expected accuracy {plan.expected_accuracy:.0%} (greedy {greedy:.0%}), predicted "
+                f"{plan.predicted_s:.2f}s (worst {plan.worst_s:.2f}s) of the {budget:.2f}s budget{stop}")
+
+    # running ----------------------------------------------------------------------------
+    def solve(self, prompt: str, budget: float, max_tokens: int | None = None, truth: str | None = None) -> Answer:
+        """Plan, run within `budget` seconds from now, log the decision, return the answer."""
+        from edgetts.generate import prompt_tokens
+
+        start = time.monotonic()
+        ids = prompt_tokens(self.engine.tokenizer, prompt)
+        plan = self.plan(len(ids), budget, max_tokens)
+        decided = time.monotonic()
+        run = _Execution(self, plan, prompt, ids, deadline=start + budget)
+        run.go()
+        answer = run.answer(budget, start, (decided - start) * 1e3)
+        self._log(answer, budget, len(ids), truth)
+        if self.profile_path:
+            save_profile(self.profile, self.profile_path)
+        return answer
+
+    def _log(self, answer: Answer, budget: float, n_prompt: int, truth: str | None) -> None:
+        entry = {"time": time.time(), "features": {"prompt_tokens": n_prompt,
+                                                   "difficulty_bin": self.calibration.bin_of(n_prompt)},
+                 "budget_s": budget, **answer.to_dict(),
+                 "outcome": None if truth is None else answer.answer == truth,
+                 "profile_log_ratio": dict(self.profile.log_ratio)}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _better(a: Plan, b: Plan) -> bool:
+    """Higher expected accuracy wins; within half a point the faster plan does."""
+    if abs(a.expected_accuracy - b.expected_accuracy) > 0.005:
+        return a.expected_accuracy > b.expected_accuracy
+    return a.predicted_s < b.predicted_s
+
+
+class _Execution:
+    """One plan running against a deadline: waves, stopping rules, verifier, guard."""
+
+    def __init__(self, controller: Controller, plan: Plan, prompt: str, ids: list[int], deadline: float):
+        self.c, self.plan, self.prompt, self.ids, self.deadline = controller, plan, prompt, ids, deadline
+        self.completions: list[Completion] = []
+        self.scores: list[float] = []
+        self.verified = True  # every drawn sample has a score
+        self.waves = 0
+        self.stop_reason = ""
+
+    def go(self) -> None:
+        key = self.plan.key
+        while len(self.completions) < key.n:
+            size = min(key.wave, key.n - len(self.completions))
+            if self.waves and not self._wave_fits(size):
+                self.stop_reason = "guard"
+                return
+            self._draw(size)
+            if self.stop_reason == "guard":
+                return
+            reason = self._stop_rule()
+            if reason:
+                self.stop_reason = reason
+                return
+        self.stop_reason = self.stop_reason or "complete"
+
+    def _wave_fits(self, size: int) -> bool:
+        wave = PlanKey(self.plan.key.strategy, size, size, self.plan.key.verifier)
+        need = self.c.cost.wave_s(len(self.ids), wave, self.plan.max_tokens)
+        return time.monotonic() + need + GUARD_MARGIN_S <= self.deadline
+
+    def _draw(self, size: int) -> None:
+        from edgetts.generate import sample_n
+
+        seed = self.c.rng.randrange(2**31)
+        params = SamplingParams(temperature=self.plan.temperature, seed=seed)
+        began = time.monotonic()
+        # stop decoding one (predicted) step early: sample_n checks the deadline before each step
+        stop_at = self.deadline - GUARD_MARGIN_S - self._verify_reserve(size) - self.c.profile.step_s(size)
+        if self.plan.draft:
+            new = [self._draw_speculative(params, stop_at)]
+        else:
+            new = sample_n(self.c.engine, self.ids, size, params, self.plan.max_tokens, deadline=stop_at)
+        self._observe_decode(new, time.monotonic() - began)
+        self.completions += new
+        self.waves += 1
+        if any(c.finish_reason == "deadline" for c in new):
+            self.stop_reason = "guard"
+        self._score(new)
+
+    def _draw_speculative(self, params: SamplingParams, stop_at: float) -> Completion:
+        """One sample through the drafter, cut at the deadline like sample_n does."""
+        from edgetts.generate import stream_generate
+
+        began, parts, tokens, logprobs, reason = time.monotonic(), [], [], [], "length"
+        for step in stream_generate(self.c.engine, self.ids, params, self.plan.max_tokens, drafter=self.c.drafter):
+            parts.append(step.text)
+            if step.token is not None:
+                tokens.append(step.token)
+                logprobs.append(step.logprob)
+            if step.finish_reason:
+                reason = step.finish_reason
+                break
+            if time.monotonic() >= stop_at:
+                reason = "deadline"
+                break
+        return Completion("".join(parts), tokens, logprobs, reason, time.monotonic() - began)
+
+    def _verify_reserve(self, size: int) -> float:
+        name = self.plan.key.verifier
+        return self.c.profile.verify_s(size) if name in self.c.cost.generative else 0.0
+
+    def _observe_decode(self, new: list[Completion], actual: float) -> None:
+        """Compare the wave's time with the profile's prediction for the lengths that really came out
+        (samples cut by the guard count with the tokens they reached)."""
+        predicted = self.c.profile.prefill_s(len(self.ids)) + self.c.cost.decode_s([len(c.tokens) for c in new])
+        self.c.profile.observe("decode", predicted, actual)
+
+    def _score(self, new: list[Completion]) -> None:
+        name = self.plan.key.verifier
+        if not name or not self.verified:
+            return
+        verifier = self.c.verifiers[name]
+        predicted = self._verify_reserve(len(new))
+        if time.monotonic() + predicted + GUARD_MARGIN_S > self.deadline:
+            self.verified = False  # no time to verify: fall back to the weighted vote
+            return
+        began = time.monotonic()
+        self.scores += verifier.score(self.prompt, [c.text for c in new])
+        if predicted > 0:
+            self.c.profile.observe("verifier", predicted, time.monotonic() - began)
+
+    def _stop_rule(self) -> str | None:
+        remaining = self.plan.key.n - len(self.completions)
+        if remaining <= 0 or self.plan.key.n == 1:
+            return None
+        answers = [self.c.extract(c.text) for c in self.completions]
+        accept = self.c.calibration.verifiers.get(self.plan.key.verifier, {}).get("accept_threshold")
+        scores = self.scores if self.verified and self.plan.key.verifier else None
+        return should_stop(answers, remaining, scores=scores, accept=accept)
+
+    def choice(self) -> tuple[Choice, str]:
+        strategy = self.plan.key.strategy
+        if strategy == "greedy":
+            strategy = "single"
+        if strategy in NEEDS_SCORES and not (self.verified and len(self.scores) == len(self.completions)):
+            strategy = "weighted"
+        scores = self.scores if strategy in NEEDS_SCORES else None
+        return aggregate(strategy, self.completions, scores, extract=self.c.extract), strategy
+
+    def answer(self, budget: float, start: float, decision_ms: float) -> Answer:
+        choice, used = self.choice()
+        text = self.completions[choice.index].text if choice.index >= 0 else ""
+        latency = time.monotonic() - start
+        explanation = self.c.explain(self.plan, budget, len(self.ids))
+        if used != self.plan.key.strategy and self.plan.key.strategy != "greedy":
+            explanation += f"; verifier skipped by the deadline guard, used {used}"
+        truncated = any(c.finish_reason == "deadline" for c in self.completions)
+        return Answer(choice.answer, text, self.plan, explanation, self.plan.predicted_s, latency,
+                      samples=len(self.completions), waves=self.waves, stop_reason=self.stop_reason,
+                      truncated=truncated, decision_ms=decision_ms, extra={"support": choice.support})
+

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import pytest
+from tts_helpers import SlowEngine, answering_script
+
+from edgetts.calibration import PlanKey, collect, fit
+from edgetts.controller import SAFETY, Controller, CostModel
+from edgetts.profile import measure_profile
+from edgetts.verifiers import CheckerVerifier
+
+# The right answer is always "4"; the prompt's last digit decides whether "4" is the model's
+# favourite (odd digits) or a close second to "5" (even digits), so greedy is right half the time,
+# voting helps a little and a checker helps a lot.
+IS_FOUR = CheckerVerifier(lambda prompt, text: text.strip() == "4", name="is4")
+
+
+def prompt_dependent(prefix):
+    digit = [t for t in prefix if 48 <= t <= 57][-1] - 48 if any(48 <= t <= 57 for t in prefix) else 0
+    return (("4", 2.0), ("5", 1.0), ("7", 0.5)) if digit % 2 else (("4", 1.6), ("5", 2.0), ("7", 0.5))
+
+
+def engine(delay: float = 0.002) -> SlowEngine:
+    return SlowEngine(delay=delay, script=answering_script(prompt_dependent, length=12), n_seq_max=17)
+
+
+def measure(e):
+    return measure_profile(e, name="fake", model="fake", steps=3, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    problems = [(f"What is {d}?", "4") for d in range(10)]
+    records = collect(engine(0.0), problems, n=16, temperature=1.0, max_tokens=24,
+                      is_correct=lambda a, t: a == t, verifiers={"is4": IS_FOUR})
+    return fit(records, task="fake", model="fake", temperature=1.0, verifiers=["is4"], draws=16, n_bins=1)
+
+
+@pytest.fixture
+def controller(calibration, tmp_path):
+    def make(e=None, profile=None, verifiers=None):
+        e = e or engine()
+        return Controller(e, profile or measure(e), calibration, verifiers if verifiers is not None else {"is4": IS_FOUR},
+                          log_path=tmp_path / "decisions.jsonl", seed=0)
+    return make
+
+
+def test_plans_grow_with_the_budget_and_always_fit(controller):
+    c = controller()
+    greedy = c.plan(8, 10.0)
+    plans = [c.plan(8, b) for b in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)]
+    accuracies = [p.expected_accuracy for p in plans]
+    assert accuracies == sorted(accuracies)
+    assert all(p.worst_s <= b or p.key.strategy == "greedy" for p, b in zip(plans, (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)))
+    assert plans[-1].key.verifier == "is4" and plans[-1].expected_accuracy > 0.9
+    assert greedy.expected_accuracy >= plans[0].expected_accuracy
+
+
+def test_without_a_verifier_the_plan_votes(controller):
+    plan = controller(verifiers={}).plan(8, 1.0)
+    assert plan.key.strategy in ("majority", "weighted") and not plan.key.verifier
+
+
+def test_a_budget_below_greedy_cuts_max_tokens(controller):
+    c = controller()
+    full = c.plan(8, 10.0, max_tokens=None)
+    tight = c.plan(8, 0.01)
+    assert tight.key.strategy == "greedy" and tight.max_tokens < full.max_tokens
+
+
+def test_the_explanation_is_one_line_with_the_numbers(controller):
+    c = controller()
+    plan = c.plan(8, 0.5)
+    text = c.explain(plan, 0.5, 8)
+    assert "\n" not in text and plan.name in text and "0.50s budget" in text and "greedy" in text
+
+
+def test_decision_time_is_well_under_5_ms(controller, capsys):
+    c = controller()
+    times = []
+    for i in range(200):
+        start = time.perf_counter()
+        c.plan(6 + i % 10, 0.05 + 0.01 * (i % 30))
+        times.append(time.perf_counter() - start)
+    median_ms = statistics.median(times) * 1e3
+    with capsys.disabled():
+        print(f"\ncontroller decision time: median {median_ms:.3f} ms over {len(times)} plans "
+              f"({len(c._keys)} candidate plans)")
+    assert median_ms < 50  # the goal is < 5 ms; this only catches a pathological regression
+
+
+def test_solve_answers_within_budget_and_logs_the_decision(controller, tmp_path):
+    c = controller()
+    answer = c.solve("What is 2?", budget=0.5, truth="4")
+    assert answer.answer == "4" and answer.latency_s <= 0.5 * 1.1
+    assert answer.plan.key.verifier == "is4" and answer.stop_reason in ("verified", "complete", "beta", "decided")
+    entry = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
+    assert entry["outcome"] is True and entry["plan"]["name"] == answer.plan.name
+    assert {"features", "predicted_latency_s", "latency_s", "budget_s", "answer"} <= set(entry)
+    assert entry["features"]["prompt_tokens"] == 11
+
+
+def test_adaptive_plan_stops_when_the_vote_is_settled(controller, calibration):
+    c = controller(e=SlowEngine(delay=0.001, script=answering_script((("4", 5.0),)), n_seq_max=17))
+    key = PlanKey("majority", 16, 4)
+    from edgetts.controller import _Execution
+
+    plan = c._evaluate(key, 11, 24)
+    ids = c.engine.tokenizer.encode("What is 2?")
+    run = _Execution(c, plan, "What is 2?", ids, deadline=time.monotonic() + 5)
+    run.go()
+    assert run.stop_reason == "beta" and len(run.completions) == 4 and run.waves == 1
+
+
+def test_an_answer_comes_back_even_when_the_budget_is_tiny(controller):
+    c = controller(e=engine(delay=0.01))
+    answer = c.solve("What is 3?", budget=0.03)
+    assert answer.latency_s <= 0.03 * 1.1 + 0.01  # one sleep step of slack
+    # the plan cut max tokens to what fits, or the guard cut decoding: either way an answer is back
+    assert answer.plan.max_tokens < 13 or answer.truncated
+    assert answer.answer in ("4", "5", "7", None)
+
+
+def test_slowed_engine_plans_shrink_after_remeasurement_and_the_deadline_holds(controller):
+    e = engine(delay=0.002)
+    c = controller(e=e)
+    budget = 0.25
+    before = c.plan(11, budget)
+    e.delay = 0.008  # the device is now 4x slower (throttled, or busy with other work)
+
+    # 1. the old profile under-predicts; the deadline guard still holds every request to the budget
+    # (within one step of the slowed device: the guard stops before a step, not inside one)
+    latencies = [c.solve(f"What is {d}?", budget).latency_s for d in range(8)]
+    assert max(latencies) <= budget * 1.1 + 0.008 * (1 + 0.25 * 15)
+    # ... and the online moving average has already learned the slowdown
+    online = c.plan(11, budget)
+    assert c.profile.log_ratio["decode"] > 0.5
+    assert online.worst_s <= budget and _cost(online) < _cost(before)
+
+    # 2. re-measured, the plan shrinks too, and still meets the deadline
+    remeasured = controller(e=e, profile=measure(e))
+    after = remeasured.plan(11, budget)
+    assert _cost(after) < _cost(before)
+    latencies = [remeasured.solve(f"What is {d}?", budget).latency_s for d in range(8)]
+    assert max(latencies) <= budget * 1.1
+
+
+def _cost(plan) -> float:
+    """Samples a plan may draw, for comparing plan sizes."""
+    return plan.key.n
+
+
+def test_cost_model_charges_a_batch_for_its_longest_sample(controller):
+    c = controller()
+    model: CostModel = c.cost
+    step1, step2 = c.profile.step_s(1), c.profile.step_s(2)
+    assert model.decode_s([10, 20]) == pytest.approx(10 * step2 + 10 * step1)
+    assert SAFETY > 1
