@@ -162,6 +162,18 @@ def shape_faithful_checkpoint(name: str, root: str | Path, seed: int = 0) -> Pat
     return folder
 
 
+def tiny_onnx(checkpoint: str | Path, quant: str = "fp32", layers: int | None = None) -> Path:
+    """`checkpoint` exported to an ONNX folder beside it (reused when already written)."""
+    from edgetts.export.onnx import export_onnx
+
+    checkpoint = Path(checkpoint)
+    name = f"{checkpoint.name}.{quant.replace(':', '-').replace('=', '').replace(',', '-')}"
+    out = checkpoint.parent / f"{name}{f'.k{layers}' if layers else ''}.onnx"
+    if not out.exists():
+        export_onnx(checkpoint, out, quant=quant, layers=layers, progress=False)
+    return out
+
+
 # --- FakeEngine ---------------------------------------------------------------------------
 
 class ByteTokenizer(Tokenizer):

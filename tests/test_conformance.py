@@ -43,6 +43,18 @@ def _llamacpp(arch):
     return build
 
 
+def _onnx(arch):
+    """The tiny checkpoint exported to an fp32 ONNX folder once per session (beside the checkpoint)."""
+    def build(tiny_model):
+        pytest.importorskip("optimum.exporters.onnx")
+        from edgetts.runtimes.onnxruntime import OnnxEngine
+        from edgetts.testing import tiny_onnx
+
+        return OnnxEngine(tiny_onnx(tiny_model(arch)), device="cpu", n_seq_max=8, n_ctx=256)
+
+    return build
+
+
 ENGINES = {
     "fake": (_fake, 0.0),
     "torch-llama": (_torch("llama"), 1e-4),
@@ -50,6 +62,9 @@ ENGINES = {
     # llama.cpp keeps the KV cache in f16 and picks kernels by batch shape: 1e-3 absorbs that.
     "llamacpp-llama": (_llamacpp("llama"), 1e-3),
     "llamacpp-qwen2": (_llamacpp("qwen2"), 1e-3),
+    # fp32 all the way, but batch width and padding change MatMul blocking: 1e-4 absorbs that.
+    "onnx-llama": (_onnx("llama"), 1e-4),
+    "onnx-qwen2": (_onnx("qwen2"), 1e-4),
 }
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7]
