@@ -79,6 +79,115 @@ def export_cmd(
     typer.echo(f"wrote {report.path} ({report.quant}, {report.size_bytes / 1e6:.1f} MB{bpw}) in {report.seconds:.1f}s")
 
 
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+    """List the built-in models (no download): the arithmetic generator, its draft and its verifier."""
+    from edgetts.embedded import list_models, table
+
+    if as_json:
+        import json
+
+        typer.echo(json.dumps([m.to_dict() for m in list_models()], indent=2))
+    else:
+        typer.echo("\n".join(table()) or "no built-in models in this installation; reinstall edgetts")
+
+
+def parse_budget(text: str) -> float:
+    """Seconds from "2", "2s", "1.5s" or "500ms"."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s)?\s*", text or "")
+    if not match or float(match.group(1)) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a budget; write seconds or milliseconds, e.g. 2s, 1.5 or 500ms")
+    return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+ModelOpt = typer.Option(None, "--model", "-m", help="A .gguf, ONNX folder or HF folder; default: the embedded family.")
+RuntimeOpt = typer.Option(None, "--runtime", help="llama.cpp, onnxruntime or torch (default: detected from the model).")
+
+
+@app.command("profile")
+def profile_cmd(
+    model: str = ModelOpt, runtime: str = RuntimeOpt,
+    out: str = typer.Option(None, "--out", "-o", help="Write the TOML here instead of the cache directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON."),
+) -> None:
+    """Measure this device for a model (+ its verifier): prefill, decode at batch 1-16, verifier cost, load time."""
+    import json
+    import time
+
+    from edgetts.profile import to_toml_dict
+    from edgetts.session import ensure_profile, open_family
+
+    start = time.perf_counter()
+    profile, path = ensure_profile(open_family(model, runtime), remeasure=True, progress=True, path=out)
+    if as_json:
+        typer.echo(json.dumps(to_toml_dict(profile), indent=2))
+        return
+    typer.echo(f"{profile.speed_summary()}; load {profile.load_seconds:.2f}s")
+    if profile.has_verifier:
+        typer.echo(f"verifier: {profile.verifier_fixed * 1e3:.1f} ms + {profile.verifier_per_candidate * 1e3:.2f} ms per candidate")
+    typer.echo(f"wrote {path} in {time.perf_counter() - start:.1f}s")
+
+
+@app.command()
+def calibrate(
+    model: str = ModelOpt, runtime: str = RuntimeOpt,
+    data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded task's dev split."),
+    n: int = typer.Option(32, "--n", help="Samples per problem (>= 2x the largest N you want planned)."),
+    limit: int = typer.Option(None, "--limit", help="Use only this many problems (spread over the set)."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
+    max_tokens: int = typer.Option(160, "--max-tokens", help="Longest answer drawn while calibrating."),
+) -> None:
+    """Fit accuracy per strategy and N, coverage, verifier quality and answer lengths; save beside the profile."""
+    from edgetts.session import calibrate as fit_calibration
+    from edgetts.session import labelled_problems, open_family
+    from edgetts.ui import TaskProgress
+
+    family = open_family(model, runtime)
+    with TaskProgress() as progress:
+        cal, path = fit_calibration(family, labelled_problems(data, limit=limit), n=n, temperature=temperature,
+                                    max_tokens=max_tokens, progress=progress)
+    greedy, best = cal.plans["greedy|1|1|"].accuracy, max(cal.plans.items(), key=lambda kv: kv[1].accuracy)
+    typer.echo(f"{cal.n_problems} problems x {cal.samples_per_problem} samples: greedy {greedy:.1%}, best plan "
+               f"{best[0]} {best[1].accuracy:.1%}, pass@{cal.samples_per_problem} {cal.coverage['pass_at_k'][-1]:.1%}")
+    for name, q in cal.verifiers.items():
+        typer.echo(f"verifier {name}: AUROC {q['auroc']:.3f}, TPR {q['tpr']:.2f}, FPR {q['fpr']:.2f}")
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def bench(
+    model: str = ModelOpt, runtime: str = RuntimeOpt,
+    data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded test split."),
+    limit: int = typer.Option(None, "--limit", help="Use only this many problems (spread over the set)."),
+    multiples: str = typer.Option("1,2,4,8,16,30", "--budgets", help="Budgets as multiples of greedy's median latency."),
+    out: str = typer.Option("benchmarks/results/controller.json", "--out", "-o", help="JSON path; the plot goes beside it (.png)."),
+) -> None:
+    """Accuracy and p50/p95 latency of greedy, majority@N, best-of-N@N and the controller across budgets."""
+    import json
+    from pathlib import Path
+
+    from edgetts.bench import plot, run_bench
+    from edgetts.session import controller_for, labelled_problems, open_family, same_answer
+    from edgetts.ui import TaskProgress
+
+    problems = labelled_problems(data, split="test", limit=limit)
+    controller = controller_for(open_family(model, runtime), progress=True)
+    with TaskProgress() as progress:
+        result = run_bench(controller, problems, same_answer, [float(m) for m in multiples.split(",")],
+                           progress=progress)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    plot(result, path.with_suffix(".png"))
+    for row in result["goals"]["by_budget"]:
+        typer.echo(f"budget {row['budget_s']:.3f}s ({row['budget_x_greedy']}x greedy): controller "
+                   f"{row['controller_accuracy']:.1f}% vs best fixed {row['best_fixed']} {row['best_fixed_accuracy']}%, "
+                   f"p95/budget {row['p95_over_budget']:.2f}, |pred err| {row['median_abs_pred_error']:.1%}")
+    typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)

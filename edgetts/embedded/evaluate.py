@@ -1,0 +1,279 @@
+"""Measure the built-in models on the held-out test split: `python -m edgetts.embedded.evaluate`.
+
+Writes benchmarks/results/embedded.json (and embedded_passk.png): greedy accuracy by level;
+majority@k, pass@k for k = 1..64 with the fit c(k) ~ exp(a * k^b); verifier AUROC and best-of-16;
+early-exit top-1 agreement per layer K; draft agreement and accuracy. All with torch on CPU, batched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from edgetts import arithmetic
+from edgetts.embedded import VERIFIER_SUFFIX, VERIFIER_WORDS, path
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def load(name: str):
+    """(model, tokenizer) of built-in `name`, in eval mode, float32."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaForCausalLM
+
+    folder = path(name)
+    model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    return model, Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+
+def sample(model, tok, prompts: list[str], n: int = 1, temperature: float = 0.0, seed: int = 0,
+           max_new_tokens: int = 160, batch: int = 128) -> list[list[str]]:
+    """n completions per prompt (greedy when temperature is 0), generated in left-padded batches."""
+    import torch
+
+    eos = tok.token_to_id("<|endoftext|>")
+    rows = [(i, tok.encode(p).ids) for i, p in enumerate(prompts) for _ in range(n)]
+    out: list[list[str]] = [[] for _ in prompts]
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        width = max(len(ids) for _, ids in chunk)
+        ids = torch.full((len(chunk), width), eos, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, (_, p) in enumerate(chunk):
+            ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+        torch.manual_seed(seed * 1_000_003 + start)
+        with torch.inference_mode():
+            gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                 pad_token_id=eos, eos_token_id=eos, **_sampling(temperature))
+        for r, (i, _) in enumerate(chunk):
+            new = gen[r, width:].tolist()
+            out[i].append(tok.decode(new[:new.index(eos)] if eos in new else new))
+    return out
+
+
+def _sampling(temperature: float) -> dict:
+    """Plain temperature sampling over the whole vocabulary (no top-k/top-p), or greedy at 0."""
+    if temperature <= 0:
+        return dict(do_sample=False)
+    return dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+
+
+def verifier_scores(model, tok, texts: list[str], batch: int = 128) -> list[float]:
+    """P(yes) / (P(yes) + P(no)) after `<text>\\nCorrect?` for each full text (prompt + solution)."""
+    import torch
+
+    yes, no = (tok.encode(w).ids[0] for w in VERIFIER_WORDS)
+    eos = tok.token_to_id("<|endoftext|>")
+    scores = []
+    for start in range(0, len(texts), batch):
+        encoded = [tok.encode(t + VERIFIER_SUFFIX).ids for t in texts[start:start + batch]]
+        width = max(map(len, encoded))
+        ids = torch.full((len(encoded), width), eos, dtype=torch.long)
+        for r, e in enumerate(encoded):
+            ids[r, :len(e)] = torch.tensor(e)
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits
+        last = logits[torch.arange(len(encoded)), torch.tensor([len(e) - 1 for e in encoded])]
+        pair = torch.stack([last[:, yes], last[:, no]], dim=1).softmax(dim=1)[:, 0]
+        scores += pair.tolist()
+    return scores
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+def by_level(problems, correct: list[bool]) -> dict:
+    levels = {lv: [c for p, c in zip(problems, correct) if p.level == lv] for lv in arithmetic.LEVELS}
+    return {"overall": _pct(correct), **{str(lv): _pct(c) for lv, c in levels.items()}}
+
+
+def _pct(flags) -> float:
+    flags = list(flags)
+    return round(100 * sum(flags) / max(1, len(flags)), 1)
+
+
+def majority(answers: list[int | None], weights: list[float] | None = None) -> int | None:
+    """The most-voted parsed answer (ties: the first to reach the top count); None if none parsed."""
+    votes: Counter = Counter()
+    for i, a in enumerate(answers):
+        if a is not None:
+            votes[a] += weights[i] if weights else 1
+    return max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def fit_power_law(ks: list[int], coverage: list[float]) -> dict:
+    """Least squares of log(-log c) = log(-a) + b log k, i.e. c(k) ~ exp(a * k^b)."""
+    pts = [(math.log(k), math.log(-math.log(c))) for k, c in zip(ks, coverage) if 0 < c < 1]
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    a = -math.exp(my - b * mx)
+    worst = max(abs(math.exp(a * k ** b) - c) for k, c in zip(ks, coverage))
+    return {"a": round(a, 4), "b": round(b, 4), "max_abs_error": round(worst, 4)}
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    """Probability that a random correct sample outscores a random wrong one (ties count half)."""
+    pos = [s for s, l in zip(scores, labels) if l]
+    neg = [s for s, l in zip(scores, labels) if not l]
+    ranked = sorted(scores)
+    rank = {}
+    for i, s in enumerate(ranked):  # average rank for ties
+        rank.setdefault(s, []).append(i + 1)
+    mean_rank = {s: sum(r) / len(r) for s, r in rank.items()}
+    u = sum(mean_rank[s] for s in pos) - len(pos) * (len(pos) + 1) / 2
+    return u / max(1, len(pos) * len(neg))
+
+
+# --- the measurements ----------------------------------------------------------------------------
+
+def greedy(problems, model, tok) -> dict:
+    texts = [g[0] for g in sample(model, tok, [p.prompt for p in problems])]
+    correct = [arithmetic.check(t, p.answer) for t, p in zip(texts, problems)]
+    return {"accuracy": by_level(problems, correct), "texts": texts, "correct": correct}
+
+
+def scaling(problems, samples: list[list[str]], greedy_correct: list[bool]) -> dict:
+    n = len(samples[0])
+    answers = [[arithmetic.parse_answer(t) for t in group] for group in samples]
+    hits = [[a == p.answer for a in group] for group, p in zip(answers, problems)]
+    ks = list(range(1, n + 1))
+    coverage = [sum(pass_at_k(n, sum(h), k) for h in hits) / len(hits) for k in ks]
+    vote_k = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+    majority_at = {k: by_level(problems, [majority(a[:k]) == p.answer for a, p in zip(answers, problems)])
+                   for k in vote_k}
+    checked = [[arithmetic.check_steps(p.prompt + t).ok for t in group[:16]] for group, p in zip(samples, problems)]
+    step_vote = [majority([a if ok else None for a, ok in zip(ans[:16], ok16)]) or majority(ans[:16])
+                 for ans, ok16 in zip(answers, checked)]
+    return {
+        "samples_per_problem": n,
+        "greedy": by_level(problems, greedy_correct),
+        "mean_single_sample": by_level(problems, [])["overall"] if not hits else round(
+            100 * sum(map(sum, hits)) / (n * len(hits)), 1),
+        "majority_at_k": majority_at,
+        "step_checked_vote_at_16": by_level(problems, [v == p.answer for v, p in zip(step_vote, problems)]),
+        "pass_at_k": {k: round(100 * c, 2) for k, c in zip(ks, coverage)},
+        "pass_at_k_fit": fit_power_law(ks, coverage),
+        "distinct_answers_at_16": round(sum(len(set(a[:16])) for a in answers) / len(answers), 2),
+    }
+
+
+def verification(problems, samples: list[list[str]], model, tok) -> dict:
+    texts = [p.prompt + t for group, p in zip(samples, problems) for t in group[:16]]
+    labels = [arithmetic.check(t, p.answer) for group, p in zip(samples, problems) for t in group[:16]]
+    scores = verifier_scores(model, tok, texts)
+    best, weighted = [], []
+    for i, p in enumerate(problems):
+        s, group = scores[16 * i:16 * i + 16], samples[i][:16]
+        answers = [arithmetic.parse_answer(t) for t in group]
+        best.append(answers[max(range(16), key=s.__getitem__)] == p.answer)
+        weighted.append(majority(answers, s) == p.answer)
+    return {"auroc": round(auroc(scores, labels), 4), "samples": len(texts),
+            "best_of_16": by_level(problems, best), "weighted_vote_16": by_level(problems, weighted)}
+
+
+def teacher_forced(model, tok, problems, texts: list[str], draft=None) -> dict:
+    """Top-1 agreement with the full model on its own greedy solutions, per exit layer K (and the draft)."""
+    import torch
+
+    n_layers = model.config.num_hidden_layers
+    agree, total = Counter(), 0
+    for p, t in zip(problems, texts):
+        prompt_ids = tok.encode(p.prompt).ids
+        ids = torch.tensor([prompt_ids + tok.encode(t).ids])
+        keep = slice(len(prompt_ids) - 1, ids.shape[1] - 1)  # positions that predict solution tokens
+        with torch.inference_mode():
+            out = model(input_ids=ids, output_hidden_states=True)
+            full = out.logits[0, keep].argmax(-1)
+            for k in range(1, n_layers):
+                exit_top = model.lm_head(model.model.norm(out.hidden_states[k]))[0, keep].argmax(-1)
+                agree[k] += (exit_top == full).sum().item()
+            if draft is not None:
+                agree["draft"] += (draft(input_ids=ids).logits[0, keep].argmax(-1) == full).sum().item()
+        total += full.numel()
+    return {"positions": total, **{str(k): round(100 * v / total, 1) for k, v in agree.items()}}
+
+
+def plot_pass_at_k(result: dict, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    cov = {int(k): v for k, v in result["pass_at_k"].items()}
+    fit = result["pass_at_k_fit"]
+    ks = sorted(cov)
+    plt.figure(figsize=(5, 3.5))
+    plt.plot(ks, [cov[k] for k in ks], "o", ms=3, label="pass@k (test, T=0.7)")
+    plt.plot(ks, [100 * math.exp(fit["a"] * k ** fit["b"]) for k in ks], "-",
+             label=f"exp({fit['a']}*k^{fit['b']})")
+    maj = {int(k): v["overall"] for k, v in result["majority_at_k"].items()}
+    plt.plot(sorted(maj), [maj[k] for k in sorted(maj)], "s--", ms=3, label="majority@k")
+    plt.xscale("log", base=2)
+    plt.xlabel("k samples")
+    plt.ylabel("% of test problems")
+    plt.legend()
+    plt.tight_layout()
+    plt.savefig(out, dpi=120)
+
+
+def run(samples_per_problem: int = 64, temperature: float = 0.7, threads: int = 1) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    problems = list(arithmetic.split("test"))
+    model, tok = load("generator")
+    timings, t0 = {}, time.time()
+    g = greedy(problems, model, tok)
+    timings["greedy"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    samples = sample(model, tok, [p.prompt for p in problems], n=samples_per_problem, temperature=temperature, seed=7)
+    timings["sampling"] = round(time.time() - t0, 1)
+    result = {"split": "test", "problems": len(problems), "temperature": temperature,
+              **scaling(problems, samples, g["correct"])}
+    result["greedy_texts_example"] = [p.prompt + t for p, t in zip(problems[::40], g["texts"][::40])]
+    draft = _optional("draft")
+    result["early_exit_agreement"] = teacher_forced(model, tok, problems, g["texts"], draft and draft[0])
+    if draft:
+        result["draft_greedy"] = greedy(problems, *draft)["accuracy"]
+    verifier = _optional("verifier")
+    if verifier:
+        result["verifier"] = verification(problems, samples, *verifier)
+    result["seconds"] = timings
+    return result
+
+
+def _optional(name: str):
+    try:
+        return load(name)
+    except FileNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edgetts.embedded.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--out", type=Path, default=RESULTS / "embedded.json")
+    args = parser.parse_args(argv)
+    result = run(args.samples, args.temperature)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot_pass_at_k(result, args.out.with_name(args.out.stem + "_passk.png"))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("pass_at_k", "greedy_texts_example")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
