@@ -12,7 +12,7 @@ from edgetts.engine import Engine
 from edgetts.errors import EdgettsError
 from edgetts.types import EngineInfo, SamplingParams
 
-__all__ = ["Engine", "EngineInfo", "EdgettsError", "SamplingParams", "load", "__version__"]
+__all__ = ["Engine", "EngineInfo", "EdgettsError", "SamplingParams", "load", "solve", "__version__"]
 
 
 def load(path, runtime: str | None = None, device: str | None = None, **options) -> Engine:
@@ -20,3 +20,13 @@ def load(path, runtime: str | None = None, device: str | None = None, **options)
     from edgetts.runtimes import load as _load
 
     return _load(path, runtime=runtime, device=device, **options)
+
+
+def solve(prompt: str, budget: float = 2.0, model=None, **options) -> dict:
+    """Answer `prompt` within `budget` seconds, planning samples and verifiers from measured latency.
+
+    With no `model`, the embedded arithmetic family is used; see `edgetts.session.solve`.
+    """
+    from edgetts.session import solve as _solve
+
+    return _solve(prompt, budget=budget, model=model, **options)

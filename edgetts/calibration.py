@@ -224,9 +224,9 @@ def _problem_score(key: PlanKey, record: Record, draws: int, rng: random.Random,
 
 
 def fit(records: Sequence[Record], *, task: str, model: str, temperature: float, verifiers: Sequence[str] = (),
-        draws: int = 64, seed: int = 0, n_bins: int = 3,
+        draws: int = 64, seed: int = 0, n_bins: int = 3, max_tokens: int | None = None,
         progress: Callable[[int, int], None] | None = None) -> Calibration:
-    """Fit a `Calibration` from collected records (see `collect`)."""
+    """Fit a `Calibration` from collected records (see `collect`); `max_tokens`: the cap they were drawn with."""
     if not records:
         raise ConfigError("calibration needs at least one labelled problem")
     n = min(len(r.samples) for r in records)
@@ -246,7 +246,8 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
         task=task, model=model, source="fitted", n_problems=len(records), samples_per_problem=n,
         temperature=temperature, bin_edges=edges, plans=plans, length_model=length_model(records),
         order_stats=order_statistics(records, [k for k in N_GRID if k <= n], rng),
-        coverage=coverage(records), verifiers=verifier_stats, lengths=length_summary(records),
+        coverage=coverage(records), verifiers=verifier_stats,
+        lengths={**length_summary(records), **({"cap": float(max_tokens)} if max_tokens else {})},
     )
 
 

@@ -172,8 +172,11 @@ class Controller:
         return self._evaluate(greedy.key, prompt_tokens, tokens) if tokens < cap else greedy
 
     def _max_tokens(self, user_cap: int | None) -> int:
-        observed = self.calibration.lengths.get("max")
+        lengths = self.calibration.lengths
+        observed = lengths.get("max")
         natural = int(observed * 1.5) + 8 if observed else DEFAULT_MAX_TOKENS
+        if observed and observed >= lengths.get("cap", float("inf")):
+            natural = int(lengths["cap"])  # calibration samples hit their cap: longer ones were never seen
         return min(user_cap or natural, natural)
 
     def explain(self, plan: Plan, budget: float, prompt_tokens: int) -> str:

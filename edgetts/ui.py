@@ -23,3 +23,25 @@ def print_doctor(data: dict) -> None:
         console.print(f"llama.cpp: GPU offload {offload}\n  {data['llama_cpp']['system_info']}")
     if data["onnxruntime"]:
         console.print(f"ONNX Runtime providers: {', '.join(data['onnxruntime']['providers'])}")
+
+
+class TaskProgress:
+    """A rich progress bar on stderr driven by `callback(label, done, total)`; use as a context manager."""
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self._bar.__enter__()
+        self._tasks: dict[str, int] = {}
+        return self.callback
+
+    def callback(self, label: str, done: int, total: int) -> None:
+        if label not in self._tasks:
+            self._tasks[label] = self._bar.add_task(label, total=total)
+        self._bar.update(self._tasks[label], completed=done)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.__exit__(*exc)

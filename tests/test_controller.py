@@ -159,3 +159,45 @@ def test_cost_model_charges_a_batch_for_its_longest_sample(controller):
     step1, step2 = c.profile.step_s(1), c.profile.step_s(2)
     assert model.decode_s([10, 20]) == pytest.approx(10 * step2 + 10 * step1)
     assert SAFETY > 1
+
+
+@pytest.mark.parametrize("text, seconds", [("2s", 2.0), ("2", 2.0), ("1.5s", 1.5), ("500ms", 0.5), (" 250 ms ", 0.25)])
+def test_budget_parsing(text, seconds):
+    from edgetts.cli import parse_budget
+
+    assert parse_budget(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "fast", "-1s", "0", "2 minutes"])
+def test_bad_budgets_say_how_to_write_one(text):
+    import typer
+
+    from edgetts.cli import parse_budget
+
+    with pytest.raises(typer.BadParameter, match="500ms"):
+        parse_budget(text)
+
+
+def test_pareto_frontier_keeps_only_unbeaten_points():
+    from edgetts.bench import pareto
+
+    points = [(1.0, 50), (2.0, 60), (2.5, 55), (3.0, 70), (0.5, 40), (3.0, 65)]
+    assert pareto(points) == [(0.5, 40), (1.0, 50), (2.0, 60), (3.0, 70)]
+
+
+def test_bench_compare_checks_every_goal():
+    from edgetts.bench import compare
+
+    fixed = [{"name": "greedy", "accuracy": 50.0, "p50_s": 0.1, "p95_s": 0.12},
+             {"name": "majority@8", "accuracy": 58.0, "p50_s": 0.5, "p95_s": 0.6},
+             {"name": "best_of_n@16+steps", "accuracy": 70.0, "p50_s": 0.9, "p95_s": 1.0}]
+    controller = [{"budget_s": 0.2, "accuracy": 55.0, "p95_s": 0.19, "median_abs_pred_error": 0.1},
+                  {"budget_s": 0.8, "accuracy": 61.0, "p95_s": 0.85, "median_abs_pred_error": 0.1},
+                  {"budget_s": 1.2, "accuracy": 68.0, "p95_s": 1.5, "median_abs_pred_error": 0.2}]
+    goals = compare(fixed, controller)
+    rows = goals["by_budget"]
+    assert [r["best_fixed"] for r in rows] == ["greedy", "majority@8", "best_of_n@16+steps"]
+    assert [r["meets_best_fixed"] for r in rows] == [True, True, False]
+    assert [r["meets_greedy_plus_10"] for r in rows] == [True, True, True]  # from 8x greedy (0.8 s): 61, 68 >= 60
+    assert [r["meets_p95"] for r in rows] == [True, True, False]
+    assert not goals["all_meet_p95"] and goals["median_abs_pred_error_overall"] == 0.1

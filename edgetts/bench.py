@@ -1,0 +1,187 @@
+"""`edgetts bench`: accuracy vs latency of fixed strategies and of the controller, on a test split.
+
+Fixed strategies run as served (prompt -> samples -> verifier -> answer, wall-clock timed): greedy,
+majority@N and best-of-N@N by each verifier for N in {2, 4, 8, 16}. The controller then answers
+every problem at budgets from greedy's median latency up to ~30x it. The result names, per budget,
+the best fixed strategy whose p95 latency fits, and checks the controller against it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from edgetts.controller import Controller
+from edgetts.strategies import aggregate
+from edgetts.types import SamplingParams
+
+MULTIPLES = (1, 2, 4, 8, 16, 30)
+FIXED_N = (2, 4, 8, 16)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(max(int(round(q * (len(ordered) - 1))), 0), len(ordered) - 1)
+    return ordered[index]
+
+
+def _summary(name: str, correct: list[bool], latencies: list[float], **extra) -> dict:
+    return {"name": name, "accuracy": round(100 * sum(correct) / len(correct), 2),
+            "p50_s": round(percentile(latencies, 0.5), 4), "p95_s": round(percentile(latencies, 0.95), 4),
+            "n": len(correct), **extra}
+
+
+def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_correct: Callable,
+              ns: Sequence[int] = FIXED_N, seed: int = 0, progress=None) -> list[dict]:
+    """Greedy, majority@N and best-of-N@N (each verifier), every problem run as it would be served."""
+    from edgetts.generate import prompt_tokens, sample_n
+
+    engine, cal = controller.engine, controller.calibration
+    max_tokens = controller.plan(16, 1e9).max_tokens
+    outcomes: dict[str, tuple[list[bool], list[float]]] = {}
+
+    def record(name, answer, seconds):
+        hits, times = outcomes.setdefault(name, ([], []))
+        hits.append(is_correct(answer, truth))
+        times.append(seconds)
+
+    for i, (prompt, truth) in enumerate(problems):
+        start = time.perf_counter()
+        ids = prompt_tokens(engine.tokenizer, prompt)
+        greedy = sample_n(engine, ids, 1, SamplingParams(temperature=0.0), max_tokens)
+        record("greedy", aggregate("single", greedy, extract=controller.extract).answer, time.perf_counter() - start)
+        for n in ns:
+            start = time.perf_counter()
+            ids = prompt_tokens(engine.tokenizer, prompt)
+            params = SamplingParams(temperature=cal.temperature, seed=seed * 7919 + i * 131 + n)
+            samples = sample_n(engine, ids, n, params, max_tokens)
+            sampled = time.perf_counter() - start
+            record(f"majority@{n}", aggregate("majority", samples, extract=controller.extract).answer,
+                   time.perf_counter() - start)
+            for name, verifier in controller.verifiers.items():
+                began = time.perf_counter()
+                scores = verifier.score(prompt, [c.text for c in samples])
+                choice = aggregate("best_of_n", samples, scores, extract=controller.extract)
+                record(f"best_of_n@{n}+{name}", choice.answer, sampled + time.perf_counter() - began)
+        if progress:
+            progress("fixed strategies", i + 1, len(problems))
+    return [_summary(name, hits, times) for name, (hits, times) in outcomes.items()]
+
+
+def run_controller(controller: Controller, problems: Sequence[tuple[str, str]], budget: float,
+                   is_correct: Callable, progress=None) -> dict:
+    correct, latencies, errors, decisions, plans = [], [], [], [], {}
+    for i, (prompt, truth) in enumerate(problems):
+        answer = controller.solve(prompt, budget, truth=truth)
+        correct.append(is_correct(answer.answer, truth))
+        latencies.append(answer.latency_s)
+        errors.append(abs(answer.predicted_latency_s - answer.latency_s) / answer.latency_s)
+        decisions.append(answer.decision_ms)
+        plans[answer.plan.name] = plans.get(answer.plan.name, 0) + 1
+        if progress:
+            progress(f"controller @ {budget:.2f}s", i + 1, len(problems))
+    return _summary(f"controller@{budget:.3f}s", correct, latencies, budget_s=round(budget, 4),
+                    median_abs_pred_error=round(statistics.median(errors), 4),
+                    decision_ms_median=round(statistics.median(decisions), 3),
+                    decision_ms_p95=round(percentile(decisions, 0.95), 3),
+                    plans=dict(sorted(plans.items(), key=lambda kv: -kv[1])))
+
+
+def compare(fixed: list[dict], controller: list[dict]) -> dict:
+    """Per budget: the best fixed strategy whose p95 fits, and whether each goal holds."""
+    greedy = next(f for f in fixed if f["name"] == "greedy")
+    rows, errors = [], []
+    for c in controller:
+        fits = [f for f in fixed if f["p95_s"] <= c["budget_s"]]
+        best = max(fits, key=lambda f: f["accuracy"], default=None)
+        multiple = c["budget_s"] / greedy["p50_s"]
+        rows.append({
+            "budget_s": c["budget_s"], "budget_x_greedy": round(multiple, 2), "controller_accuracy": c["accuracy"],
+            "best_fixed": best["name"] if best else None, "best_fixed_accuracy": best["accuracy"] if best else None,
+            "vs_best_fixed": round(c["accuracy"] - best["accuracy"], 2) if best else None,
+            "meets_best_fixed": best is None or c["accuracy"] >= best["accuracy"] - 1.0,
+            "vs_greedy": round(c["accuracy"] - greedy["accuracy"], 2),
+            "meets_greedy_plus_10": multiple < 8 or c["accuracy"] >= greedy["accuracy"] + 10,
+            "p95_over_budget": round(c["p95_s"] / c["budget_s"], 3),
+            "meets_p95": c["p95_s"] <= 1.1 * c["budget_s"],
+            "median_abs_pred_error": c["median_abs_pred_error"],
+        })
+        errors.append(c["median_abs_pred_error"])
+    return {"by_budget": rows, "all_meet_best_fixed": all(r["meets_best_fixed"] for r in rows),
+            "all_meet_greedy_plus_10": all(r["meets_greedy_plus_10"] for r in rows),
+            "all_meet_p95": all(r["meets_p95"] for r in rows),
+            "median_abs_pred_error_overall": round(statistics.median(errors), 4) if errors else None}
+
+
+def run_bench(controller: Controller, problems: Sequence[tuple[str, str]], is_correct: Callable,
+              multiples: Sequence[float] = MULTIPLES, ns: Sequence[int] = FIXED_N, progress=None) -> dict:
+    started = time.time()
+    fixed = run_fixed(controller, problems, is_correct, ns, progress=progress)
+    greedy_p50 = next(f for f in fixed if f["name"] == "greedy")["p50_s"]
+    budgets = [m * greedy_p50 for m in multiples]
+    results = [run_controller(controller, problems, b, is_correct, progress) for b in budgets]
+    return {
+        "machine": _machine(), "engine": controller.engine.info.to_dict(),
+        "profile": controller.profile.name, "calibration": {"source": controller.calibration.source,
+                                                             "n_problems": controller.calibration.n_problems},
+        "problems": len(problems), "greedy_p50_s": greedy_p50, "multiples": list(multiples),
+        "fixed": fixed, "controller": results, "goals": compare(fixed, results),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def _machine() -> dict:
+    import platform
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load,
+            "note": "shared 2-core VM: other jobs ran alongside; latencies are wall-clock as served"}
+
+
+# --- plot -------------------------------------------------------------------------------------------
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by another that is both at least as fast and at least as accurate."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def plot(result: dict, out: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families = {"greedy": "k", "majority": "tab:blue", "best_of_n": "tab:orange"}
+    for f in result["fixed"]:
+        color = next((c for prefix, c in families.items() if f["name"].startswith(prefix)), "tab:gray")
+        marker = "s" if "+steps" in f["name"] else "o"
+        ax.scatter(f["p95_s"], f["accuracy"], color=color, marker=marker, s=30, zorder=3)
+        ax.annotate(f["name"], (f["p95_s"], f["accuracy"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    front = pareto([(f["p95_s"], f["accuracy"]) for f in result["fixed"]])
+    ax.step([x for x, _ in front], [y for _, y in front], where="post", color="tab:gray", ls="--",
+            label="Pareto frontier of fixed strategies")
+    ctl = result["controller"]
+    ax.plot([c["p95_s"] for c in ctl], [c["accuracy"] for c in ctl], "-D", color="tab:red", label="controller")
+    for c in ctl:
+        ax.axvline(c["budget_s"], color="tab:red", alpha=0.12)
+    ax.set_xscale("log")
+    ax.set_xlabel("p95 latency (s, log scale); faint lines = controller budgets")
+    ax.set_ylabel("accuracy on the test split (%)")
+    ax.set_title(f"edgetts controller vs fixed strategies ({result['problems']} problems)")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out

@@ -1,0 +1,211 @@
+"""What `edgetts.solve`, `edgetts run --budget`, `profile`, `calibrate` and `bench` share: open a model
+(the embedded family by default) with its verifiers, and find or measure its profile and calibration.
+
+Files live in the cache directory (`edgetts.profile.cache_dir()`), keyed by model, runtime and device:
+
+    profiles/<key>.toml               the device profile (measured on first use)
+    profiles/<key>.calibration.json   the calibration (`edgetts calibrate`), else the shipped one, else priors
+    decisions.jsonl                   one line per controller decision
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from edgetts.calibration import Calibration, load_calibration, prior
+from edgetts.controller import Controller
+from edgetts.profile import DeviceProfile, load_profile, measure_profile, profile_path, save_profile
+from edgetts.verifiers import CheckerVerifier, GenerativeVerifier
+
+N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
+EMBEDDED = "embedded"
+SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the dev split
+
+
+@dataclass
+class Family:
+    """A generator engine and the verifiers that can score its answers."""
+
+    name: str  # "embedded" or the model path's name
+    engine: object
+    verifiers: dict = field(default_factory=dict)
+    load_seconds: float = 0.0
+    weights_stamp: str = ""  # identifies the weights a calibration was fitted on
+
+    @property
+    def key(self) -> str:
+        info = self.engine.info
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.name}-{info.runtime}-{info.device}")
+
+
+def open_family(model: str | Path | None = None, runtime: str | None = None, verifier: str | Path | None = None,
+                n_seq_max: int = N_SEQ_MAX) -> Family:
+    """The embedded family (generator + step checker + generative verifier), or a model of yours."""
+    if model is None:
+        return _embedded(runtime, n_seq_max)
+    from edgetts.runtimes import load
+
+    start = time.perf_counter()
+    engine = load(model, runtime=runtime, n_seq_max=n_seq_max)
+    verifiers = {}
+    if verifier is not None:
+        verifiers["verifier"] = GenerativeVerifier(load(verifier, runtime=runtime, n_seq_max=n_seq_max))
+    return Family(Path(model).name, engine, verifiers, time.perf_counter() - start, _stamp(Path(model)))
+
+
+def _embedded(runtime: str | None, n_seq_max: int) -> Family:
+    from edgetts import arithmetic, embedded
+    from edgetts.runtimes import load
+
+    fmt = "onnx" if runtime == "onnxruntime" else "gguf"
+    start = time.perf_counter()
+    engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max)
+    load_seconds = time.perf_counter() - start
+    judge = load(embedded.artifact("verifier", fmt), runtime=runtime, n_seq_max=n_seq_max)
+    yes, no = embedded.VERIFIER_WORDS
+    verifiers = {
+        "steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps"),
+        "verifier": GenerativeVerifier(judge, prefix="{prompt}", suffix="{candidate}" + embedded.VERIFIER_SUFFIX,
+                                       yes=yes, no=no, name="verifier"),
+    }
+    return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")))
+
+
+def _stamp(folder: Path) -> str:
+    weights = folder / "model.safetensors"
+    return f"{weights.stat().st_size}" if weights.is_file() else folder.name
+
+
+# --- profile and calibration ----------------------------------------------------------------------
+
+def ensure_profile(family: Family, remeasure: bool = False, progress: bool = False,
+                   path: str | Path | None = None) -> tuple[DeviceProfile, Path]:
+    """The saved profile for this family on this device, measured (and saved) when missing."""
+    path = Path(path) if path else profile_path(family.key)
+    if path.is_file() and not remeasure:
+        return load_profile(path), path
+    profile = measure(family, progress=progress)
+    return profile, save_profile(profile, path)
+
+
+def measure(family: Family, progress: bool = False) -> DeviceProfile:
+    generative = next((v for v in family.verifiers.values() if isinstance(v, GenerativeVerifier)), None)
+    return measure_profile(family.engine, name=f"{family.key} on this device", model=family.name,
+                           verifier=generative, load_seconds=family.load_seconds, progress=progress)
+
+
+def calibration_path(family: Family) -> Path:
+    return profile_path(family.key).with_suffix(".calibration.json")
+
+
+def find_calibration(family: Family) -> Calibration:
+    """This device's own calibration, else the one shipped for the embedded family, else priors."""
+    own = calibration_path(family)
+    if own.is_file():
+        return load_calibration(own)
+    if family.name == EMBEDDED:
+        shipped = _shipped_calibration()
+        if shipped is not None and shipped.model == family.weights_stamp:
+            return shipped
+    return prior(model=family.weights_stamp, verifiers=list(family.verifiers))
+
+
+def _shipped_calibration() -> Calibration | None:
+    from importlib.resources import files
+
+    entry = files("edgetts.profiles") / SHIPPED_CALIBRATION
+    return load_calibration(Path(str(entry))) if entry.is_file() else None
+
+
+def controller_for(family: Family, progress: bool = False, **options) -> Controller:
+    profile, path = ensure_profile(family, progress=progress)
+    return Controller(family.engine, profile, find_calibration(family), family.verifiers,
+                      profile_path=path, **options)
+
+
+@lru_cache(maxsize=4)
+def _cached_controller(model: str | None, runtime: str | None) -> Controller:
+    return controller_for(open_family(model, runtime), progress=True)
+
+
+def solve(prompt: str, budget: float = 2.0, model: str | Path | None = None, max_tokens: int | None = None,
+          runtime: str | None = None) -> dict:
+    """Answer `prompt` as accurately as possible within `budget` seconds.
+
+    With no `model`, the embedded arithmetic family is used (profiled on first use, with a progress
+    bar). Returns a dict with `answer`, `text`, `plan`, `explanation`, `predicted_latency_s` and
+    `latency_s`. The loaded engines stay cached in the process, so later calls pay no load time.
+    """
+    controller = _cached_controller(str(model) if model is not None else None, runtime)
+    return controller.solve(prompt, budget, max_tokens=max_tokens).to_dict()
+
+
+# --- calibrate ------------------------------------------------------------------------------------
+
+def labelled_problems(data: str | Path | None = None, split: str = "dev", limit: int | None = None
+                      ) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs: from a JSONL file of {"prompt", "answer"}, or the embedded task's split.
+
+    `limit` keeps that many, spread evenly over the split (the embedded splits are ordered by level).
+    """
+    if data is not None:
+        pairs = _read_jsonl(Path(data))
+    else:
+        from edgetts import arithmetic
+
+        pairs = [(p.prompt, str(p.answer)) for p in arithmetic.split(split)]
+    if limit and limit < len(pairs):
+        step = len(pairs) / limit
+        pairs = [pairs[int(i * step)] for i in range(limit)]
+    return pairs
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, str]]:
+    import json
+
+    from edgetts.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"no labelled data at {path}; pass a JSONL file with one {{\"prompt\", \"answer\"}} per line")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "prompt" not in row or "answer" not in row:
+            raise ConfigError(f"{path}:{number}: each line needs \"prompt\" and \"answer\" fields, got {sorted(row)}")
+        pairs.append((str(row["prompt"]), str(row["answer"]).strip()))
+    return pairs
+
+
+def same_answer(extracted: str | None, truth: str) -> bool:
+    """Exact match after the extractor's normalisation (commas dropped, integers compared as numbers)."""
+    if extracted is None:
+        return False
+    try:
+        return float(extracted) == float(truth.replace(",", ""))
+    except ValueError:
+        return extracted.strip() == truth.strip()
+
+
+def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temperature: float = 0.7,
+              max_tokens: int = 160, draws: int = 64, progress=None, out: str | Path | None = None):
+    """Collect samples on labelled problems, fit the calibration and save it beside the profile.
+
+    Returns (calibration, path). The raw samples are kept too (`.samples.jsonl`) for re-fitting.
+    """
+    from edgetts.calibration import collect, fit, save_records
+
+    records = collect(family.engine, problems, n=n, temperature=temperature, max_tokens=max_tokens,
+                      is_correct=same_answer, verifiers=family.verifiers,
+                      progress=(lambda i, total: progress("sampling", i, total)) if progress else None)
+    path = Path(out) if out else calibration_path(family)
+    save_records(records, path.with_suffix("").with_suffix(".samples.jsonl"))
+    calibration = fit(records, task=family.name, model=family.weights_stamp, temperature=temperature,
+                      verifiers=list(family.verifiers), draws=draws, max_tokens=max_tokens,
+                      progress=(lambda i, total: progress("fitting plans", i, total)) if progress else None)
+    return calibration, calibration.save(path)
