@@ -21,7 +21,7 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (keys, values), each 
 
 class TorchEngine(BaseEngine):
     def __init__(self, path: Path, device: str | None = None, dtype: str = "float32",
-                 n_seq_max: int = 64, n_threads: int | None = None, model=None):
+                 n_seq_max: int = 64, n_threads: int | None = None, model=None, n_layers: int | None = None):
         super().__init__()
         if n_threads:
             torch.set_num_threads(n_threads)
@@ -29,13 +29,15 @@ class TorchEngine(BaseEngine):
         self.model = model or AutoModelForCausalLM.from_pretrained(
             path, torch_dtype=getattr(torch, dtype), attn_implementation="sdpa"
         )
+        if n_layers is not None:
+            _keep_first_layers(self.model, n_layers)
         self.model.to(self.device).eval()
         self.tokenizer = HFTokenizer.from_dir(path)
         config = self.model.config
         self.info = EngineInfo(
             runtime="torch", device=str(self.device), arch=config.model_type,
             n_layers=config.num_hidden_layers, n_ctx=config.max_position_embeddings,
-            n_vocab=config.vocab_size, n_seq_max=n_seq_max, quant=dtype,
+            n_vocab=config.vocab_size, n_seq_max=n_seq_max, quant=dtype, early_exit_layers=n_layers,
         )
         self._kv: dict[int, KV] = {}
 
@@ -102,3 +104,16 @@ def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return [(k, v) for k, v in cache]
+
+
+def _keep_first_layers(model, n_layers: int) -> None:
+    """Cut a decoder to its first n_layers (final norm and LM head stay): an early-exit drafter."""
+    from edgetts.errors import ConfigError
+
+    total = model.config.num_hidden_layers
+    if not 1 <= n_layers <= total:
+        raise ConfigError(f"n_layers={n_layers!r} is invalid: this model has layers 1..{total}")
+    model.model.layers = model.model.layers[:n_layers]
+    model.config.num_hidden_layers = n_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:n_layers]

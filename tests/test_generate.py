@@ -118,7 +118,7 @@ def test_sample_n_equals_independent_generations_with_the_same_seeds():
 def test_sample_n_on_torch_equals_independent_generations(tiny_model):
     from edgetts.runtimes.torch import TorchEngine
 
-    engine = TorchEngine(tiny_model("llama"), n_seq_max=4)
+    engine = TorchEngine(tiny_model("llama"), n_seq_max=4, n_threads=1)
     params = SamplingParams(temperature=1.0, seed=5)
     prompt = engine.tokenizer.encode("What is 37*48+15?")
     batch = sample_n(engine, prompt, 3, params, max_tokens=8)

@@ -1,0 +1,229 @@
+"""Drafters for speculative decoding: what proposes the tokens the target then verifies.
+
+A drafter has four calls: `attach(target)` (check it fits the target), `prepare(context)` (warm
+up on the prompt, outside the timed rounds), `propose(context, k, sampler)` -> (tokens, q per
+token: the distribution the token was drawn from, or None when drafting is deterministic), and
+`reset()`.
+
+- `ModelDrafter`: any `Engine` with the target's vocabulary (a small draft model);
+- `EarlyExitDrafter`: the target's own first K layers (an exported `--layers K` artifact, or
+  the torch engine's `n_layers=K`): self-speculation;
+- `NGramDrafter`: prompt lookup, no model at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgetts.engine import Engine
+from edgetts.errors import ConfigError, ModelNotFoundError
+from edgetts.sampling import Sampler, draw
+
+PROBE_TEXT = "Hello, world! What is 37*48+15? Zürich 日本 \n\tdef f(x): return x"
+
+
+class NGramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the last n tokens and draft what followed."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise ConfigError(f"n-gram sizes min={min_ngram}, max={max_ngram} are invalid: need 1 <= min <= max")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.name = "ngram"
+
+    def attach(self, target: Engine) -> None:
+        pass
+
+    def prepare(self, context: Sequence[int]) -> None:
+        pass
+
+    def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> tuple[list[int], list[None]]:
+        context, tokens = list(context), []
+        while len(tokens) < k:  # a match near the end drafts a short run: continue the pattern through it
+            more = lookup(context + tokens, k - len(tokens), self.max_ngram, self.min_ngram)
+            if not more:
+                break
+            tokens += more
+        return tokens, [None] * len(tokens)
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def lookup(context: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
+    """Up to k tokens that followed the most recent earlier match of the longest matching suffix n-gram."""
+    ctx = np.asarray(context, dtype=np.int64)
+    for n in range(min(max_ngram, len(ctx) - 1), min_ngram - 1, -1):
+        suffix = ctx[-n:]
+        windows = np.lib.stride_tricks.sliding_window_view(ctx[:-1], n)  # starts that end before the suffix itself
+        hits = np.flatnonzero((windows == suffix).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return ctx[start : start + k].tolist()
+    return []
+
+
+class ModelDrafter:
+    """A small model drafts autoregressively on its own `Engine`; its KV follows the committed text."""
+
+    def __init__(self, engine: Engine, name: str = "draft-model", seq: int = 0, min_confidence: float = 0.0,
+                 owns_engine: bool = True):
+        self.engine, self.name, self.seq = engine, name, seq
+        self.min_confidence = min_confidence  # stop drafting below this top probability (0: never)
+        self.owns_engine = owns_engine
+        self.cached: list[int] = []  # the tokens the draft engine's KV holds for `seq`
+        self.n_vocab: int | None = None
+
+    def attach(self, target: Engine) -> None:
+        check_compatible(target, self.engine, self.name)
+        self.n_vocab = target.info.n_vocab
+
+    def prepare(self, context: Sequence[int]) -> None:
+        self._sync(list(context))
+
+    def propose(self, context: Sequence[int], k: int, sampler: Sampler) -> tuple[list[int], list]:
+        context = list(context)
+        if len(context) + k > self.engine.info.n_ctx:
+            return [], []
+        row = self._sync(context)
+        tokens, qs = [], []
+        for i in range(k):
+            q = sampler.probs(row, context + tokens)
+            token = int(np.argmax(q)) if sampler.params.greedy else draw(q, sampler.rng)
+            if i and self._confidence(row, sampler, context + tokens) < self.min_confidence:
+                break
+            tokens.append(token)
+            qs.append(None if sampler.params.greedy else q)
+            if i < k - 1:
+                row = self._eval([token])
+        return tokens, qs
+
+    def _confidence(self, row, sampler: Sampler, history) -> float:
+        if not self.min_confidence:
+            return 1.0
+        logits = sampler.filtered_logits(row, history)
+        return float(1 / np.exp(logits - logits.max()).sum())
+
+    def _sync(self, context: list[int]) -> np.ndarray:
+        """Bring the draft KV to `context` (reusing the common prefix); return the logits after it."""
+        if self.engine.n_tokens(self.seq) != len(self.cached):
+            self.engine.release(self.seq)
+            self.cached = []
+        common = min(_common_prefix(self.cached, context), len(context) - 1)
+        self.engine.truncate(self.seq, common)
+        self.cached = self.cached[:common]
+        return self._eval(context[common:])
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        row = self.engine.eval(self.seq, tokens)[-1]
+        self.cached += tokens
+        return _fit_vocab(row, self.n_vocab)
+
+    def reset(self) -> None:
+        self.engine.release(self.seq)
+        self.cached = []
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.close()
+
+
+class EarlyExitDrafter(ModelDrafter):
+    """Self-speculation: the target's first K layers (+ final norm + LM head) draft for it."""
+
+    def __init__(self, engine: Engine, layers: int, **options):
+        super().__init__(engine, name=f"early-exit:{layers}", **options)
+        self.layers = layers
+
+    @classmethod
+    def for_model(cls, model: str | Path, layers: int, **engine_options) -> EarlyExitDrafter:
+        """Load the first-`layers` drafter of `model` (see `early_exit_artifact`)."""
+        from edgetts.runtimes import detect_runtime, load
+
+        path, options = early_exit_artifact(model, layers, detect_runtime(model))
+        return cls(load(path, **options, **engine_options), layers)
+
+
+def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[Path, dict]:
+    """Where the first-K-layers drafter of `model` lives, and the load options it needs.
+
+    A Hugging Face folder is cut at load time (torch engine, n_layers=K). GGUF/ONNX artifacts are
+    exported separately with `edgetts export ... --layers K`; we look for the exporters' sibling
+    names (`<stem>.layers<K>.gguf`, `<folder>.layers<K>/`, `<folder>/layers<K>/`).
+    """
+    if layers < 1:
+        raise ConfigError(f"early-exit:{layers} is invalid: K must be >= 1")
+    model = Path(model)
+    if runtime == "torch":
+        return model, {"n_layers": layers, "runtime": "torch"}
+    stem = model.with_suffix("") if model.is_file() else model
+    candidates = [stem.parent / f"{stem.name}.layers{layers}{model.suffix if model.is_file() else ''}",
+                  model.parent / f"{stem.name}-layers{layers}{model.suffix if model.is_file() else ''}",
+                  model / f"layers{layers}"]
+    for path in candidates:
+        if path.exists():
+            return path, {}
+    raise ModelNotFoundError(
+        f"no early-exit artifact with {layers} layers next to {model} (looked for "
+        f"{', '.join(p.name for p in candidates)}); export one with "
+        f"`edgetts export SOURCE --format {'gguf' if model.suffix == '.gguf' else 'onnx'} --layers {layers} "
+        f"--out {candidates[0]}`, or pass it as --draft PATH"
+    )
+
+
+def check_compatible(target: Engine, draft: Engine, name: str = "draft model") -> None:
+    """Refuse a drafter whose tokens mean something else to the target."""
+    t, d = target.tokenizer, draft.tokenizer
+    problems = []
+    if t.vocab_size != d.vocab_size:
+        problems.append(f"vocabulary {d.vocab_size} tokens vs the target's {t.vocab_size}")
+    elif t.encode(PROBE_TEXT, add_special=False) != d.encode(PROBE_TEXT, add_special=False):
+        problems.append("it splits text into different tokens")
+    if t.eos_ids != d.eos_ids:
+        problems.append(f"end-of-sequence ids {sorted(d.eos_ids)} vs the target's {sorted(t.eos_ids)}")
+    if problems:
+        raise ConfigError(
+            f"{name} cannot draft for this model: {'; '.join(problems)}. Use a draft model trained with "
+            "the same tokenizer, or --draft ngram"
+        )
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+def _fit_vocab(row: np.ndarray, n_vocab: int | None) -> np.ndarray:
+    """Draft logits in the target's vocabulary size (padded rows differ between checkpoints)."""
+    if n_vocab is None or row.shape[0] == n_vocab:
+        return row
+    if row.shape[0] > n_vocab:
+        return row[:n_vocab]
+    return np.concatenate([row, np.full(n_vocab - row.shape[0], -np.inf, dtype=row.dtype)])
+
+
+def make_drafter(spec: str | None, model: str | Path | None = None, **engine_options):
+    """A drafter from the CLI spelling: None, "ngram", "early-exit:K" or a path to a draft model."""
+    if not spec:
+        return None
+    if spec == "ngram":
+        return NGramDrafter()
+    if spec.startswith("early-exit:"):
+        layers = spec.split(":", 1)[1]
+        if not layers.isdigit():
+            raise ConfigError(f"--draft {spec!r} is invalid: write early-exit:K with K the number of layers, e.g. early-exit:2")
+        if model is None:
+            raise ConfigError("--draft early-exit:K needs --model: the drafter is that model's first K layers")
+        return EarlyExitDrafter.for_model(model, int(layers), **engine_options)
+    from edgetts.runtimes import load
+
+    if not Path(spec).exists():
+        raise ModelNotFoundError(f"--draft {spec!r}: no such file or folder; pass a draft model path, ngram or early-exit:K")
+    return ModelDrafter(load(spec, **engine_options), name=f"draft:{Path(spec).name}")
