@@ -214,10 +214,11 @@ class Controller:
 
 
 def _better(a: Plan, b: Plan) -> bool:
-    """Higher expected accuracy wins; within half a point the faster plan does."""
+    """Higher expected accuracy wins; within half a point, the plan with the lower worst case does
+    (a request is bounded by its worst case, and a one-shot plan is also the more predictable)."""
     if abs(a.expected_accuracy - b.expected_accuracy) > 0.005:
         return a.expected_accuracy > b.expected_accuracy
-    return a.predicted_s < b.predicted_s
+    return (a.worst_s, a.predicted_s) < (b.worst_s, b.predicted_s)
 
 
 class _Execution:

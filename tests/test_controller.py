@@ -201,3 +201,29 @@ def test_bench_compare_checks_every_goal():
     assert [r["meets_greedy_plus_10"] for r in rows] == [True, True, True]  # from 8x greedy (0.8 s): 61, 68 >= 60
     assert [r["meets_p95"] for r in rows] == [True, True, False]
     assert not goals["all_meet_p95"] and goals["median_abs_pred_error_overall"] == 0.1
+
+
+@pytest.mark.slow
+def test_cli_profile_calibrate_bench_on_a_tiny_torch_model(tiny_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    model = str(tiny_model("llama"))
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"What is {a}+{a}?", "answer": 2 * a}) for a in range(4)))
+    env = {**os.environ, "EDGETTS_CACHE": str(tmp_path / "cache")}
+
+    def edgetts(*args):
+        result = subprocess.run([sys.executable, "-m", "edgetts.cli", *args, "--model", model, "--runtime", "torch"],
+                                capture_output=True, text=True, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "decode step" in edgetts("profile")
+    assert "greedy" in edgetts("calibrate", "--data", str(data), "--n", "4", "--max-tokens", "8")
+    out = tmp_path / "bench.json"
+    edgetts("bench", "--data", str(data), "--limit", "2", "--budgets", "1,4", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert [c["budget_s"] for c in result["controller"]] and out.with_suffix(".png").is_file()
+    assert {"greedy", "majority@2", "majority@16"} <= {f["name"] for f in result["fixed"]}
