@@ -30,12 +30,12 @@ GPU_DEVICES = ("gpu", "cuda", "metal", "vulkan")
 class LlamaCppEngine(BaseEngine):
     def __init__(self, path: Path, device: str | None = None, n_ctx: int = 2048, n_seq_max: int = 8,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int | None = None,
-                 kv_cells: int | None = None):
+                 kv_cells: int | None = None, extra_buffers: bool = False):
         super().__init__()
         header = read_header(path)  # before llama.cpp sees the file
         self._lib = lib = llama_cpp()
         n_gpu_layers = _gpu_layers(device, n_gpu_layers, lib.llama_supports_gpu_offload())
-        self._model = _load_model(lib, Path(path), n_gpu_layers)
+        self._model = _load_model(lib, Path(path), n_gpu_layers, extra_buffers)
         self._vocab = lib.llama_model_get_vocab(self._model)
         n_ctx = min(n_ctx, lib.llama_model_n_ctx_train(self._model) or n_ctx)
         self.n_batch = n_batch
@@ -51,7 +51,7 @@ class LlamaCppEngine(BaseEngine):
             quant=FILE_TYPES.get(header.metadata.get("general.file_type"), "?"),
             early_exit_layers=header.metadata.get("edgetts.early_exit_layers"),
             gpu_offload=bool(lib.llama_supports_gpu_offload()),
-            extra=dict(n_threads=threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
+            extra=dict(n_threads=threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers,
                        bits_per_weight=round(header.bits_per_weight, 3), tensor_bytes=header.tensor_bytes,
                        source_layers=header.metadata.get("edgetts.source_layers")),
         )
@@ -133,9 +133,13 @@ def _gpu_layers(device: str | None, n_gpu_layers: int | None, supported: bool) -
     return 999 if layers < 0 else layers
 
 
-def _load_model(lib, path: Path, n_gpu_layers: int):
+def _load_model(lib, path: Path, n_gpu_layers: int, extra_buffers: bool):
     params = lib.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
+    # Extra buffer types (AMX / repacked weights): with them, this llama.cpp build segfaults on
+    # any multi-token batch of a quantized model on AMX CPUs (seen here for q8_0, q6_k, q4_k_m,
+    # q4_0); the high-level Llama class crashes the same way. Opt in with extra_buffers=True.
+    params.use_extra_bufts = extra_buffers
     model = lib.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise InvalidArtifactError(f"llama.cpp could not load {path.name} (architecture or tensors it does not "
@@ -148,6 +152,8 @@ def _new_context(lib, model, kv_cells: int, n_batch: int, n_seq_max: int, thread
     params.n_ctx = kv_cells
     params.n_batch = params.n_ubatch = n_batch
     params.n_seq_max = n_seq_max
+    params.n_outputs_max = n_batch  # the contract returns logits for every position
+    params.n_outputs_max_per_seq = 0  # 0 = n_outputs_max (the default, 1, overflows on a prompt)
     params.kv_unified = True  # one cache for all sequences: fork shares the prompt's cells
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True
@@ -167,7 +173,7 @@ class LlamaVocabTokenizer(Tokenizer):
         self._n = lib.llama_vocab_n_tokens(vocab)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(vocab))
         bos = lib.llama_vocab_bos(vocab)
-        self.bos_id = bos if bos >= 0 else None
+        self.bos_id = bos if bos >= 0 and self._add_bos else None  # as HF: a BOS only when one is added
         self.eos_ids = frozenset(t for t in (lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)) if t >= 0)
         template = lib.llama_model_chat_template(model, None)
         self.chat_template = template.decode("utf-8") if template else None

@@ -21,3 +21,18 @@ def tiny_model(model_root):
     from edgetts.testing import tiny_checkpoint
 
     return lambda arch, n_layers=2: tiny_checkpoint(arch, model_root, n_layers=n_layers)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model):
+    """tiny_gguf(arch, quant="f32", layers=None, n_layers=2) -> a tiny checkpoint exported to GGUF, once."""
+    def make(arch, quant="f32", layers=None, n_layers=2):
+        from edgetts.export.gguf import export_gguf
+
+        folder = tiny_model(arch, n_layers)
+        path = folder.parent / f"{folder.name}.{quant}{f'.k{layers}' if layers else ''}.gguf"
+        if not path.exists():
+            export_gguf(folder, path, quant=quant, layers=layers, progress=False)
+        return path
+
+    return make
