@@ -154,26 +154,24 @@ def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[P
     """Where the first-K-layers drafter of `model` lives, and the load options it needs.
 
     A Hugging Face folder is cut at load time (torch engine, n_layers=K). GGUF/ONNX artifacts are
-    exported separately with `edgetts export ... --layers K`; we look for the exporters' sibling
-    names (`<stem>.layers<K>.gguf`, `<folder>.layers<K>/`, `<folder>/layers<K>/`).
+    exported separately with `edgetts export ... --layers K`; we look beside the model for
+    `<stem>.layers<K><suffix>` or `<stem>.k<K><suffix>` (e.g. model.layers2.gguf, model.k2.onnx).
     """
     if layers < 1:
         raise ConfigError(f"early-exit:{layers} is invalid: K must be >= 1")
     model = Path(model)
     if runtime == "torch":
         return model, {"n_layers": layers, "runtime": "torch"}
-    stem = model.with_suffix("") if model.is_file() else model
-    candidates = [stem.parent / f"{stem.name}.layers{layers}{model.suffix if model.is_file() else ''}",
-                  model.parent / f"{stem.name}-layers{layers}{model.suffix if model.is_file() else ''}",
-                  model / f"layers{layers}"]
+    suffix = model.suffix
+    stem = model.name[: len(model.name) - len(suffix)]
+    candidates = [model.with_name(f"{stem}.{tag}{layers}{suffix}") for tag in ("layers", "k")]
     for path in candidates:
         if path.exists():
             return path, {}
     raise ModelNotFoundError(
-        f"no early-exit artifact with {layers} layers next to {model} (looked for "
-        f"{', '.join(p.name for p in candidates)}); export one with "
-        f"`edgetts export SOURCE --format {'gguf' if model.suffix == '.gguf' else 'onnx'} --layers {layers} "
-        f"--out {candidates[0]}`, or pass it as --draft PATH"
+        f"no early-exit artifact with {layers} layers beside {model} (looked for "
+        f"{' and '.join(p.name for p in candidates)}); export one with `edgetts export SOURCE --format "
+        f"{'gguf' if suffix == '.gguf' else 'onnx'} --layers {layers} --out {candidates[0]}`, or pass it as --draft PATH"
     )
 
 

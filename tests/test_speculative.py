@@ -65,11 +65,28 @@ def _llamacpp(arch):
     return build
 
 
+def _onnx(arch):
+    def build(models):
+        pytest.importorskip("optimum.exporters.onnx")
+        from edgetts.runtimes.onnxruntime import OnnxEngine
+        from edgetts.testing import tiny_onnx
+
+        target, early, draft = tiny_onnx(models(arch, 2)), tiny_onnx(models(arch, 2), layers=1), \
+            tiny_onnx(models(arch, 1, seed=1))
+        return OnnxEngine(target, device="cpu", n_seq_max=4, n_ctx=256), {
+            "draft-model": lambda: ModelDrafter(OnnxEngine(draft, device="cpu", n_seq_max=1, n_ctx=256)),
+            "early-exit": lambda: EarlyExitDrafter(OnnxEngine(early, device="cpu", n_seq_max=1, n_ctx=256), 1),
+        }
+
+    return build
+
+
 ENGINES = {
     "fake": _fake,
     "torch-qwen2": _torch("qwen2"),
     "torch-llama": _torch("llama"),
     "llamacpp-qwen2": _llamacpp("qwen2"),
+    "onnx-qwen2": _onnx("qwen2"),
 }
 DRAFTERS = ["ngram", "draft-model", "early-exit"]
 
