@@ -110,7 +110,10 @@ def onnxruntime_info() -> dict | None:
         import onnxruntime as ort
     except Exception:
         return None
-    info = {"providers": ort.get_available_providers(), "default_device": ort.get_device()}
+    from edgetts.runtimes.providers import device_table
+
+    info = {"providers": ort.get_available_providers(), "default_device": ort.get_device(),
+            "devices_by_name": device_table(ort.get_available_providers())}
     if hasattr(ort, "get_ep_devices"):  # device discovery, onnxruntime >= 1.22
         info["devices"] = [
             {"provider": d.ep_name, "type": str(d.device.type).rsplit(".", 1)[-1], "vendor": d.device.vendor}

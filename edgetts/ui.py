@@ -23,6 +23,11 @@ def print_doctor(data: dict) -> None:
         console.print(f"llama.cpp: GPU offload {offload}\n  {data['llama_cpp']['system_info']}")
     if data["onnxruntime"]:
         console.print(f"ONNX Runtime providers: {', '.join(data['onnxruntime']['providers'])}")
+        by_name = data["onnxruntime"].get("devices_by_name", {})
+        falls = [f"{d} (install {e['install']})" for d, e in by_name.items() if e["runs_on"] != e["provider"]]
+        ready = [d for d, e in by_name.items() if e["runs_on"] == e["provider"]]
+        if by_name:
+            console.print(f"  --device ready: {', '.join(ready)}; falls back to CPU: {', '.join(falls) or 'none'}")
 
 
 class TaskProgress:

@@ -105,6 +105,18 @@ def open_session(model_path: str, device: str | None, session_options=None,
     return session, report
 
 
+def device_table(available: list[str]) -> dict[str, dict]:
+    """For `edgetts doctor`: per device name, the provider it maps to and where it would run here."""
+    table = {}
+    for device, (order, package) in DEVICES.items():
+        runs_on = next(p for p in order if p in available or p == CPU)
+        entry = {"provider": order[0], "runs_on": runs_on}
+        if runs_on != order[0]:
+            entry["install"] = package
+        table[device] = entry
+    return table
+
+
 def _usable(provider: str, ort, report: ProviderReport, device: str) -> bool:
     if provider == CPU or report.requested == "cpu":
         return True

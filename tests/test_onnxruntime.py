@@ -200,3 +200,14 @@ def test_node_placement_counts_nodes_per_provider(folder):
 
     counts = node_placement(factory)
     assert set(counts) == {CPU} and counts[CPU] > 10
+
+
+def test_doctor_reports_where_each_device_name_would_run():
+    from edgetts.doctor import onnxruntime_info
+    from edgetts.runtimes.providers import device_table
+
+    table = device_table(["CUDAExecutionProvider", CPU])
+    assert table["cuda"] == {"provider": "CUDAExecutionProvider", "runs_on": "CUDAExecutionProvider"}
+    assert table["tensorrt"]["runs_on"] == "CUDAExecutionProvider" and "install" in table["tensorrt"]
+    assert table["qnn"] == {"provider": "QNNExecutionProvider", "runs_on": CPU, "install": "onnxruntime-qnn"}
+    assert onnxruntime_info()["devices_by_name"]["cpu"]["runs_on"] == CPU

@@ -1,0 +1,247 @@
+"""Decode speed of edgetts' ONNX Runtime engine against onnxruntime-genai and optimum, same weights, same run.
+
+    python benchmarks/bench_onnxruntime.py --root /tmp/edgetts-bench --quants int4 fp32
+
+For each quantization: the shape-faithful checkpoint (random weights, real shape) is exported once
+with `edgetts export --format onnx` into --root; then, one engine loaded at a time,
+- ours:     OnnxEngine, 32-token prompt, 128 greedy steps (one eval per token);
+- genai:    onnxruntime-genai running the same folder (its genai_config.json), same prompt and length;
+- optimum:  ORTModelForCausalLM.generate on the same folder;
+- N = 8:    one 64-token prompt, 64 tokens per sample: batched (prefill once, fork, 8 rows per step)
+            vs 8 sequential generations (prompt KV reused by fork) and 8 independent ones (prompt re-read).
+Medians of --repeats runs after a warm-up. Writes benchmarks/results/onnxruntime_<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+GOALS = {"vs_genai": 0.9, "vs_optimum": 2.0, "batched_vs_sequential": 0.5}
+
+
+def timed(fn, repeats: int) -> dict:
+    fn()  # warm-up: first-run allocations and kernel selection
+    runs = [fn() for _ in range(repeats)]
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def prompt_ids(n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(0).integers(10, 300, n)]
+
+
+# --- engines --------------------------------------------------------------------------------
+
+def ours_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+    from edgetts.runtimes.onnxruntime import OnnxEngine
+
+    with OnnxEngine(folder, device="cpu", n_seq_max=16) as engine:
+        def run() -> float:
+            engine.release(0)
+            token = int(np.argmax(engine.eval(0, prompt)[-1]))
+            start = time.perf_counter()
+            for _ in range(steps):
+                token = int(np.argmax(engine.eval(0, [token])[-1]))
+            return steps / (time.perf_counter() - start)
+
+        return timed(run, repeats)
+
+
+def genai_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+    import onnxruntime  # noqa: F401  onnxruntime-genai loads the library this import provides
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+
+    def run() -> float:
+        params = og.GeneratorParams(model)
+        length = len(prompt) + steps + 1
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)  # prefill, and the first token
+        start = time.perf_counter()
+        for _ in range(steps):
+            generator.generate_next_token()
+        return steps / (time.perf_counter() - start)
+
+    result = timed(run, repeats)
+    del model
+    return result
+
+
+def optimum_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(folder)
+    ids = torch.tensor([prompt])
+
+    def generate(n: int) -> float:
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - start
+
+    def run() -> float:  # generate() has no step hook: decode time = time(1 + steps tokens) - time(1 token)
+        return steps / (generate(steps + 1) - generate(1))
+
+    result = timed(run, repeats)
+    del model
+    return result
+
+
+def batch_vs_sequential(folder: Path, n: int, prompt_len: int, steps: int, repeats: int) -> dict:
+    from edgetts.runtimes.onnxruntime import OnnxEngine
+
+    prompt = prompt_ids(prompt_len)
+    rng = np.random.default_rng(1)
+
+    def pick(logits: np.ndarray) -> int:  # sampled rows differ, as N samples do (cost does not depend on it)
+        top = np.argpartition(logits, -8)[-8:]
+        return int(rng.choice(top))
+
+    with OnnxEngine(folder, device="cpu", n_seq_max=n + 1) as engine:
+        def batched() -> float:
+            start = time.perf_counter()
+            _reset(engine, n + 1)
+            first = engine.eval(n, prompt)[-1]
+            for s in range(n):
+                engine.fork(n, s)
+            last = {s: pick(first) for s in range(n)}
+            for _ in range(steps - 1):
+                out = engine.eval_batch({s: [t] for s, t in last.items()})
+                last = {s: pick(out[s][-1]) for s in range(n)}
+            return time.perf_counter() - start
+
+        def sequential(reuse_prompt: bool) -> float:
+            start = time.perf_counter()
+            _reset(engine, n + 1)
+            first = engine.eval(n, prompt)[-1]
+            for s in range(n):
+                if reuse_prompt:
+                    engine.fork(n, s)
+                else:
+                    first = engine.eval(s, prompt)[-1]
+                token = pick(first)
+                for _ in range(steps - 1):
+                    token = pick(engine.eval(s, [token])[-1])
+                engine.release(s)
+            return time.perf_counter() - start
+
+        out = {"n": n, "prompt_tokens": prompt_len, "tokens_per_sample": steps,
+               "batched_s": timed(batched, repeats),
+               "sequential_prompt_reused_s": timed(lambda: sequential(True), repeats),
+               "sequential_prompt_reread_s": timed(lambda: sequential(False), repeats)}
+    b = out["batched_s"]["median"]
+    out["ratio_vs_sequential_prompt_reused"] = b / out["sequential_prompt_reused_s"]["median"]
+    out["ratio_vs_sequential_prompt_reread"] = b / out["sequential_prompt_reread_s"]["median"]
+    return out
+
+
+def _reset(engine, n: int) -> None:
+    for s in range(n):
+        engine.release(s)
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+def export(root: Path, model: str, quant: str) -> Path:
+    from edgetts.export.onnx import export_onnx
+    from edgetts.testing import shape_faithful_checkpoint
+
+    checkpoint = shape_faithful_checkpoint(model, root)
+    out = root / f"{model}.{quant}.onnx"
+    if not (out / "manifest.json").exists():
+        export_onnx(checkpoint, out, quant=quant, progress=True)
+    return out
+
+
+def bench_quant(root: Path, model: str, quant: str, args) -> dict:
+    folder = export(root, model, quant)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    prompt = prompt_ids(args.prompt)
+    row = {"quant": manifest["quant"], "size_mb": round(manifest["size_bytes"] / 1e6, 1),
+           "bits_per_weight": manifest["bits_per_weight"], "parity": manifest["parity"]}
+    for name, fn in (("ours", ours_decode), ("genai", genai_decode), ("optimum", optimum_decode)):
+        print(f"[{quant}] {name} decode ...", file=sys.stderr, flush=True)
+        row[f"{name}_tok_s"] = fn(folder, prompt, args.decode, args.repeats)
+    ours = row["ours_tok_s"]["median"]
+    row["ratio_vs_genai"] = ours / row["genai_tok_s"]["median"]
+    row["ratio_vs_optimum"] = ours / row["optimum_tok_s"]["median"]
+    print(f"[{quant}] N={args.n} batched vs sequential ...", file=sys.stderr, flush=True)
+    row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.repeats)
+    row["goals_met"] = {
+        "vs_genai": row["ratio_vs_genai"] >= GOALS["vs_genai"],
+        "vs_optimum": row["ratio_vs_optimum"] >= GOALS["vs_optimum"],
+        "batched_vs_sequential": row["batch"]["ratio_vs_sequential_prompt_reused"] <= GOALS["batched_vs_sequential"],
+    }
+    return row
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    from edgetts.doctor import cpu_info
+
+    return {"cpu": cpu_info(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "onnxruntime_genai": _version("onnxruntime-genai"), "optimum_onnx": _version("optimum-onnx"),
+            "load_average_at_start": os.getloadavg(), "threads": "onnxruntime default (all cores) for all three"}
+
+
+def _version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/edgetts-bench"), help="checkpoints and exports (~5 GB)")
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    parser.add_argument("--quants", nargs="+", default=["int4", "fp32"])
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--decode", type=int, default=128)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--batch-prompt", type=int, default=64)
+    parser.add_argument("--batch-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result = {"benchmark": "onnxruntime decode", "model": f"{args.model} (shape-faithful, random weights)",
+              "started": started, "machine": machine(), "settings": vars(args) | {"root": str(args.root)},
+              "goals": GOALS, "quants": {}}
+    for quant in args.quants:
+        result["quants"][quant] = bench_quant(args.root, args.model, quant, args)
+    out = args.out or RESULTS / f"onnxruntime_{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(summary(result))
+    return result
+
+
+def summary(result: dict) -> str:
+    lines = ["quant | ours tok/s | genai tok/s | ours/genai | optimum tok/s | ours/optimum | N=8 batched/sequential"]
+    for quant, row in result["quants"].items():
+        b = row["batch"]
+        lines.append(f"{quant} | {row['ours_tok_s']['median']:.1f} | {row['genai_tok_s']['median']:.1f} | "
+                     f"{row['ratio_vs_genai']:.2f} | {row['optimum_tok_s']['median']:.1f} | {row['ratio_vs_optimum']:.2f} | "
+                     f"{b['batched_s']['median']:.2f}s / {b['sequential_prompt_reused_s']['median']:.2f}s = "
+                     f"{b['ratio_vs_sequential_prompt_reused']:.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
