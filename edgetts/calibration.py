@@ -44,6 +44,7 @@ class Sample:
     mean_logprob: float
     length: int
     scores: dict[str, float] = field(default_factory=dict)  # verifier name -> score
+    text: str = ""  # kept so a new verifier can score stored samples (`rescore`)
 
 
 @dataclass
@@ -435,7 +436,19 @@ def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature:
 
 def _sample(completion, extract, is_correct, truth, scores) -> Sample:
     answer = extract(completion.text)
-    return Sample(answer, bool(is_correct(answer, truth)), completion.mean_logprob, len(completion.tokens), scores)
+    return Sample(answer, bool(is_correct(answer, truth)), completion.mean_logprob, len(completion.tokens), scores,
+                  completion.text)
+
+
+def rescore(records: Sequence[Record], verifiers: dict, progress: Callable[[int, int], None] | None = None) -> None:
+    """Score stored samples with (new) verifiers in place, so a calibration can add a verifier without
+    drawing the samples again."""
+    for i, record in enumerate(records):
+        for name, verifier in verifiers.items():
+            for sample, score in zip(record.samples, verifier.score(record.prompt, [s.text for s in record.samples])):
+                sample.scores[name] = score
+        if progress:
+            progress(i + 1, len(records))
 
 
 def save_records(records: Sequence[Record], path: str | Path) -> Path:

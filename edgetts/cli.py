@@ -138,6 +138,7 @@ def calibrate(
     limit: int = typer.Option(None, "--limit", help="Use only this many problems (spread over the set)."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
     max_tokens: int = typer.Option(160, "--max-tokens", help="Longest answer drawn while calibrating."),
+    reuse: bool = typer.Option(False, "--reuse-samples", help="Re-fit from the samples saved last time (new verifiers score them)."),
 ) -> None:
     """Fit accuracy per strategy and N, coverage, verifier quality and answer lengths; save beside the profile."""
     from edgetts.session import calibrate as fit_calibration
@@ -147,7 +148,7 @@ def calibrate(
     family = open_family(model, runtime)
     with TaskProgress() as progress:
         cal, path = fit_calibration(family, labelled_problems(data, limit=limit), n=n, temperature=temperature,
-                                    max_tokens=max_tokens, progress=progress)
+                                    max_tokens=max_tokens, progress=progress, reuse_samples=reuse)
     greedy, best = cal.plans["greedy|1|1|"].accuracy, max(cal.plans.items(), key=lambda kv: kv[1].accuracy)
     typer.echo(f"{cal.n_problems} problems x {cal.samples_per_problem} samples: greedy {greedy:.1%}, best plan "
                f"{best[0]} {best[1].accuracy:.1%}, pass@{cal.samples_per_problem} {cal.coverage['pass_at_k'][-1]:.1%}")

@@ -193,19 +193,33 @@ def same_answer(extracted: str | None, truth: str) -> bool:
 
 
 def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temperature: float = 0.7,
-              max_tokens: int = 160, draws: int = 64, progress=None, out: str | Path | None = None):
+              max_tokens: int = 160, draws: int = 64, progress=None, out: str | Path | None = None,
+              reuse_samples: bool = False):
     """Collect samples on labelled problems, fit the calibration and save it beside the profile.
 
-    Returns (calibration, path). The raw samples are kept too (`.samples.jsonl`) for re-fitting.
+    Returns (calibration, path). The raw samples are kept too (`.samples.jsonl`); with
+    `reuse_samples`, they are loaded instead of drawn again and only verifiers they lack score them.
     """
-    from edgetts.calibration import collect, fit, save_records
+    from edgetts.calibration import fit, load_records, rescore, save_records
 
-    records = collect(family.engine, problems, n=n, temperature=temperature, max_tokens=max_tokens,
-                      is_correct=same_answer, verifiers=family.verifiers,
-                      progress=(lambda i, total: progress("sampling", i, total)) if progress else None)
     path = Path(out) if out else calibration_path(family)
-    save_records(records, path.with_suffix("").with_suffix(".samples.jsonl"))
+    samples_path = path.with_suffix("").with_suffix(".samples.jsonl")
+    step = (lambda label: (lambda i, total: progress(label, i, total))) if progress else (lambda label: None)
+    if reuse_samples and samples_path.is_file():
+        records = load_records(samples_path)
+        missing = {k: v for k, v in family.verifiers.items() if k not in records[0].samples[0].scores}
+        rescore(records, missing, progress=step("scoring"))
+    else:
+        records = _collect(family, problems, n, temperature, max_tokens, step("sampling"))
+    save_records(records, samples_path)
     calibration = fit(records, task=family.name, model=family.weights_stamp, temperature=temperature,
                       verifiers=list(family.verifiers), draws=draws, max_tokens=max_tokens,
-                      progress=(lambda i, total: progress("fitting plans", i, total)) if progress else None)
+                      progress=step("fitting plans"))
     return calibration, calibration.save(path)
+
+
+def _collect(family: Family, problems, n, temperature, max_tokens, progress):
+    from edgetts.calibration import collect
+
+    return collect(family.engine, problems, n=n, temperature=temperature, max_tokens=max_tokens,
+                   is_correct=same_answer, verifiers=family.verifiers, progress=progress)

@@ -141,3 +141,14 @@ def test_collect_draws_greedy_and_samples_through_sample_n():
     assert "4" in answers and answers <= {"4", "5", "7"}
     assert all(s.scores["is4"] == float(s.correct) for r in records for s in r.samples)
     assert records[0].samples[0].length == 13  # digit and 12 spaces (EOS is not a token of the text)
+
+
+def test_rescore_adds_a_verifier_to_stored_samples():
+    from edgetts.calibration import rescore
+    from edgetts.verifiers import CheckerVerifier
+
+    engine = SlowEngine(delay=0.0, script=answering_script(), n_seq_max=8)
+    records = collect(engine, [("What is 2+2?", "4")], n=6, temperature=1.0, max_tokens=20,
+                      is_correct=lambda a, t: a == t)
+    rescore(records, {"is4": CheckerVerifier(lambda p, text: text.strip() == "4")})
+    assert all(s.scores["is4"] == float(s.correct) for s in records[0].samples)
