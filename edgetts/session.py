@@ -35,6 +35,7 @@ class Family:
     verifiers: dict = field(default_factory=dict)
     load_seconds: float = 0.0
     weights_stamp: str = ""  # identifies the weights a calibration was fitted on
+    drafter: object = None  # for speculative greedy decoding, when the profile shows it pays
 
     @property
     def key(self) -> str:
@@ -72,7 +73,20 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
         "verifier": GenerativeVerifier(judge, prefix="{prompt}", suffix="{candidate}" + embedded.VERIFIER_SUFFIX,
                                        yes=yes, no=no, name="verifier"),
     }
-    return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")))
+    return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")),
+                  _embedded_drafter(fmt, runtime))
+
+
+def _embedded_drafter(fmt: str, runtime: str | None):
+    from edgetts import embedded
+    from edgetts.drafters import ModelDrafter
+    from edgetts.errors import ModelNotFoundError
+    from edgetts.runtimes import load
+
+    try:
+        return ModelDrafter(load(embedded.artifact("draft", fmt), runtime=runtime, n_seq_max=1), name="draft")
+    except ModelNotFoundError:
+        return None  # an installation without the draft model plans without speculation
 
 
 def _stamp(folder: Path) -> str:
@@ -94,8 +108,29 @@ def ensure_profile(family: Family, remeasure: bool = False, progress: bool = Fal
 
 def measure(family: Family, progress: bool = False) -> DeviceProfile:
     generative = next((v for v in family.verifiers.values() if isinstance(v, GenerativeVerifier)), None)
+    draft = (lambda: draft_probe(family.engine, family.drafter)) if family.drafter is not None else None
     return measure_profile(family.engine, name=f"{family.key} on this device", model=family.name,
-                           verifier=generative, load_seconds=family.load_seconds, progress=progress)
+                           verifier=generative, draft=draft, load_seconds=family.load_seconds, progress=progress)
+
+
+PROBE_PROMPTS = ("What is 37*48+15?", "What is (120-7)*3-45?", "What is 64+17*3?")
+
+
+def draft_probe(engine, drafter, prompts=PROBE_PROMPTS, max_tokens: int = 64) -> tuple[float, float]:
+    """(acceptance rate, speedup of speculative over plain greedy decoding) on a few prompts."""
+    from edgetts.generate import generate
+
+    plain = spec = 0.0
+    drafted = accepted = 0
+    for prompt in prompts:
+        start = time.perf_counter()
+        generate(engine, prompt, max_tokens=max_tokens)
+        plain += time.perf_counter() - start
+        start = time.perf_counter()
+        stats = generate(engine, prompt, max_tokens=max_tokens, drafter=drafter).stats
+        spec += time.perf_counter() - start
+        drafted, accepted = drafted + (stats.get("drafted") or 0), accepted + (stats.get("accepted") or 0)
+    return (accepted / drafted if drafted else 0.0), plain / spec
 
 
 def calibration_path(family: Family) -> Path:
@@ -124,7 +159,7 @@ def _shipped_calibration() -> Calibration | None:
 def controller_for(family: Family, progress: bool = False, **options) -> Controller:
     profile, path = ensure_profile(family, progress=progress)
     return Controller(family.engine, profile, find_calibration(family), family.verifiers,
-                      profile_path=path, **options)
+                      drafter=family.drafter, profile_path=path, **options)
 
 
 @lru_cache(maxsize=4)
