@@ -66,27 +66,33 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
     start = time.perf_counter()
     engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max)
     load_seconds = time.perf_counter() - start
-    judge = load(embedded.artifact("verifier", fmt), runtime=runtime, n_seq_max=n_seq_max)
-    yes, no = embedded.VERIFIER_WORDS
-    verifiers = {
-        "steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps"),
-        "verifier": GenerativeVerifier(judge, prefix="{prompt}", suffix="{candidate}" + embedded.VERIFIER_SUFFIX,
-                                       yes=yes, no=no, name="verifier"),
-    }
+    verifiers = {"steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps")}
+    judge = _optional_builtin("verifier", fmt, runtime, n_seq_max)
+    if judge is not None:
+        yes, no = embedded.VERIFIER_WORDS
+        verifiers["verifier"] = GenerativeVerifier(judge, prefix="{prompt}", yes=yes, no=no, name="verifier",
+                                                   suffix="{candidate}" + embedded.VERIFIER_SUFFIX)
     return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")),
                   _embedded_drafter(fmt, runtime))
 
 
 def _embedded_drafter(fmt: str, runtime: str | None):
-    from edgetts import embedded
     from edgetts.drafters import ModelDrafter
+
+    engine = _optional_builtin("draft", fmt, runtime, 1)
+    return ModelDrafter(engine, name="draft") if engine is not None else None
+
+
+def _optional_builtin(name: str, fmt: str, runtime: str | None, n_seq_max: int):
+    """A built-in model's engine, or None when this installation lacks its weights (plans then skip it)."""
+    from edgetts import embedded
     from edgetts.errors import ModelNotFoundError
     from edgetts.runtimes import load
 
     try:
-        return ModelDrafter(load(embedded.artifact("draft", fmt), runtime=runtime, n_seq_max=1), name="draft")
+        return load(embedded.artifact(name, fmt), runtime=runtime, n_seq_max=n_seq_max)
     except ModelNotFoundError:
-        return None  # an installation without the draft model plans without speculation
+        return None
 
 
 def _stamp(folder: Path) -> str:
