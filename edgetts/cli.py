@@ -102,8 +102,32 @@ def parse_budget(text: str) -> float:
     return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
 
 
-ModelOpt = typer.Option(None, "--model", "-m", help="A .gguf, ONNX folder or HF folder; default: the embedded family.")
-RuntimeOpt = typer.Option(None, "--runtime", help="llama.cpp, onnxruntime or torch (default: detected from the model).")
+from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, MaxTokensOpt, ModelOpt, NOpt,  # noqa: E402
+                                 RuntimeOpt, SeedOpt, StopOpt, TemperatureOpt, TopPOpt)
+
+
+@app.command()
+def run(
+    prompt: str = typer.Argument(..., help="The question or text to continue."),
+    model: str = ModelOpt, draft: str = DraftOpt, temperature: float = TemperatureOpt, top_p: float = TopPOpt,
+    max_tokens: int = MaxTokensOpt, seed: int = SeedOpt, n: int = NOpt, stop: list[str] = StopOpt,
+    runtime: str = RuntimeOpt, device: str = DeviceOpt, as_json: bool = JsonOpt,
+    stats: bool = typer.Option(False, "--stats", help="Print tokens/s and the drafter's acceptance rate."),
+) -> None:
+    """Generate an answer, streamed to the terminal; --draft decodes speculatively.
+
+    Example: edgetts run "What is 37*48+15?" --draft ngram --stats
+    """
+    from edgetts.runner import print_result, run as run_prompt
+    from edgetts.types import SamplingParams
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
+    stream = None if as_json or n > 1 else lambda text: typer.echo(text, nl=False)
+    result = run_prompt(prompt, model, draft, params, max_tokens, n, tuple(stop or ()), runtime=runtime,
+                        device=device, on_text=stream)
+    print_result(result, as_json=as_json, streamed=stream is not None, stats=stats)
+
+
 
 
 @app.command("profile")

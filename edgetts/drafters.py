@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetts.engine import Engine
-from edgetts.errors import ConfigError, ModelNotFoundError
+from edgetts.errors import ConfigError, EdgettsError, ModelNotFoundError
 from edgetts.sampling import Sampler, draw
 
 PROBE_TEXT = "Hello, world! What is 37*48+15? Zürich 日本 \n\tdef f(x): return x"
@@ -153,9 +153,10 @@ class EarlyExitDrafter(ModelDrafter):
 def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[Path, dict]:
     """Where the first-K-layers drafter of `model` lives, and the load options it needs.
 
-    A Hugging Face folder is cut at load time (torch engine, n_layers=K). GGUF/ONNX artifacts are
-    exported separately with `edgetts export ... --layers K`; we look beside the model for
-    `<stem>.layers<K><suffix>` or `<stem>.k<K><suffix>` (e.g. model.layers2.gguf, model.k2.onnx).
+    A Hugging Face folder is cut at load time (torch engine, n_layers=K). GGUF/ONNX drafters are
+    artifacts of `edgetts export ... --layers K` beside the model: `<stem>.layers<K><suffix>` or
+    `<stem>.k<K><suffix>`. A missing one is exported there when the model records (GGUF metadata,
+    ONNX manifest) a Hugging Face source that is on this machine.
     """
     if layers < 1:
         raise ConfigError(f"early-exit:{layers} is invalid: K must be >= 1")
@@ -165,14 +166,44 @@ def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[P
     suffix = model.suffix
     stem = model.name[: len(model.name) - len(suffix)]
     candidates = [model.with_name(f"{stem}.{tag}{layers}{suffix}") for tag in ("layers", "k")]
-    for path in candidates:
-        if path.exists():
-            return path, {}
-    raise ModelNotFoundError(
-        f"no early-exit artifact with {layers} layers beside {model} (looked for "
-        f"{' and '.join(p.name for p in candidates)}); export one with `edgetts export SOURCE --format "
-        f"{'gguf' if suffix == '.gguf' else 'onnx'} --layers {layers} --out {candidates[0]}`, or pass it as --draft PATH"
-    )
+    found = next((path for path in candidates if path.exists()), None)
+    fmt = "gguf" if suffix == ".gguf" else "onnx"
+    if found is None and _export_beside(model, candidates[0], fmt, layers):
+        found = candidates[0]
+    if found is None:
+        raise ModelNotFoundError(
+            f"no early-exit artifact with {layers} layers beside {model} (looked for "
+            f"{' and '.join(p.name for p in candidates)}); export one with `edgetts export SOURCE --format "
+            f"{fmt} --layers {layers} --out {candidates[0]}`, or pass it as --draft PATH"
+        )
+    return found, {}
+
+
+def _export_beside(model: Path, out: Path, fmt: str, layers: int) -> bool:
+    """Export the first-K-layers drafter from the model's recorded source, if that is here."""
+    source, quant = provenance(model)
+    if not source or not Path(source).is_dir():
+        return False
+    from edgetts.export import export
+
+    export(source, out, format=fmt, quant=quant, layers=layers, progress=False)
+    return True
+
+
+def provenance(model: Path) -> tuple[str | None, str | None]:
+    """(source checkpoint, quant) an edgetts export recorded, or (None, None)."""
+    import json
+
+    try:
+        if model.suffix == ".gguf":
+            from edgetts.runtimes.gguf_file import read_header
+
+            meta = read_header(model).metadata
+            return meta.get("edgetts.source"), meta.get("edgetts.quant")
+        manifest = json.loads((model / "manifest.json").read_text())
+        return manifest.get("source"), manifest.get("quant")
+    except (OSError, ValueError, EdgettsError):
+        return None, None
 
 
 def check_compatible(target: Engine, draft: Engine, name: str = "draft model") -> None:

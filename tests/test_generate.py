@@ -166,3 +166,54 @@ def test_sample_n_deadline_ends_unfinished_samples():
 def test_sample_n_refuses_more_samples_than_sequences():
     with pytest.raises(ConfigError, match="n=5"):
         sample_n(FakeEngine(n_seq_max=4), [1, 2], 5, SamplingParams(), max_tokens=3)
+
+
+# --- edgetts run ----------------------------------------------------------------------------
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from edgetts.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_run_cli_json_has_text_tokens_latency_and_stats(tiny_model):
+    import json
+
+    out = _cli("run", "def add(a, b):", "--model", str(tiny_model("qwen2")), "--draft", "ngram",
+               "--max-tokens", "12", "--json")
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert {"text", "tokens", "latency_s", "stats"} <= set(result)
+    assert len(result["tokens"]) == result["stats"]["generated_tokens"] == 12
+    assert result["stats"]["drafter"] == "ngram" and "acceptance_rate" in result["stats"]
+
+
+def test_run_cli_streams_text_and_prints_stats(tiny_model):
+    from edgetts.runner import run
+
+    model = tiny_model("qwen2")
+    pieces = []
+    result = run("hi", model, max_tokens=6, on_text=pieces.append)
+    assert "".join(pieces) == result["text"]
+    out = _cli("run", "hi", "--model", str(model), "--max-tokens", "6", "--stats")
+    assert out.exit_code == 0 and result["text"] in out.stdout
+    assert "tok/s" in out.stderr
+
+
+def test_run_cli_n_samples_share_one_prompt(tiny_model):
+    import json
+
+    out = _cli("run", "hi", "--model", str(tiny_model("qwen2")), "--n", "3", "--temperature", "1",
+               "--seed", "4", "--max-tokens", "5", "--json")
+    assert out.exit_code == 0, out.output
+    samples = json.loads(out.stdout)["samples"]
+    assert len(samples) == 3 and len({tuple(s["tokens"]) for s in samples}) > 1
+
+
+def test_run_refuses_draft_with_several_samples(tiny_model):
+    from edgetts.runner import run
+
+    with pytest.raises(ConfigError, match="--draft"):
+        run("hi", tiny_model("qwen2"), draft="ngram", n=2)

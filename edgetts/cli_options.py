@@ -1,0 +1,20 @@
+"""Options shared by several `edgetts` commands, defined once so they read the same everywhere."""
+
+from __future__ import annotations
+
+import typer
+
+ModelOpt = typer.Option(None, "--model", "-m", help="A .gguf, ONNX folder or HF folder; default: the embedded family.")
+RuntimeOpt = typer.Option(None, "--runtime", help="llama.cpp, onnxruntime or torch (default: detected from the model).")
+DeviceOpt = typer.Option(None, "--device", help="Where to run, e.g. cpu, cuda:0 (default: the engine's choice).")
+DraftOpt = typer.Option(
+    None, "--draft",
+    help="Speculative decoding: a draft model PATH, ngram (prompt lookup) or early-exit:K (the model's first K layers).",
+)
+TemperatureOpt = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax).")
+TopPOpt = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass.")
+MaxTokensOpt = typer.Option(256, "--max-tokens", help="Stop after this many generated tokens.")
+SeedOpt = typer.Option(None, "--seed", help="Seed for sampling; sample i of --n uses seed+i.")
+NOpt = typer.Option(1, "--n", help="Number of samples, decoded together from one prompt prefill.")
+StopOpt = typer.Option(None, "--stop", help="Stop at this text (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of streaming text.")
