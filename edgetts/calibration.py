@@ -207,21 +207,25 @@ def _plan_outcome(key: PlanKey, order: list[Sample], accept: dict[str, float]) -
     return correct, waves
 
 
-def _problem_score(key: PlanKey, record: Record, draws: int, rng: random.Random,
-                   accept: dict[str, float]) -> tuple[float, list[int]]:
-    """Expected correctness of `key` on one problem, and the waves each draw used."""
-    if key.strategy == "greedy":
-        return float(record.greedy.correct), [1]
-    if key.n > len(record.samples):
-        raise ConfigError(f"plan {key.name} needs {key.n} samples per problem; calibrate with n >= {key.n}")
-    hits, waves = 0, []
-    exhaustive = key.n == len(record.samples) and not key.adaptive
-    for _ in range(1 if exhaustive else draws):
-        order = rng.sample(record.samples, key.n) if not key.adaptive else rng.sample(record.samples, len(record.samples))
-        ok, used = _plan_outcome(key, order, accept)
-        hits += ok
-        waves.append(used)
-    return hits / len(waves), waves
+def _problem_scores(keys: list[PlanKey], record: Record, draws: int, rng: random.Random,
+                    accept: dict[str, float]) -> dict[PlanKey, tuple[float, list[int]]]:
+    """Expected correctness of every plan on one problem, and the waves each replay used.
+
+    All plans replay the same random orders of the samples (common random numbers), so plan
+    differences are not drowned in subset noise; N-subsets are the orders' first N samples.
+    """
+    orders = [rng.sample(record.samples, len(record.samples)) for _ in range(draws)]
+    out = {}
+    for key in keys:
+        if key.strategy == "greedy":
+            out[key] = (float(record.greedy.correct), [1])
+            continue
+        if key.n > len(record.samples):
+            raise ConfigError(f"plan {key.name} needs {key.n} samples per problem; calibrate with n >= {key.n}")
+        exhaustive = key.n == len(record.samples) and not key.adaptive
+        results = [_plan_outcome(key, order[:key.n], accept) for order in (orders[:1] if exhaustive else orders)]
+        out[key] = (sum(ok for ok, _ in results) / len(results), [waves for _, waves in results])
+    return out
 
 
 def fit(records: Sequence[Record], *, task: str, model: str, temperature: float, verifiers: Sequence[str] = (),
@@ -237,12 +241,12 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
     edges = _bin_edges([r.prompt_tokens for r in records], n_bins)
     bins = [sum(r.prompt_tokens > e for e in edges) for r in records]
     grid = plan_grid(list(verifiers), n)
-    plans = {}
-    for i, key in enumerate(grid):
-        per_problem = [_problem_score(key, r, draws, rng, accept) for r in records]
-        plans[key.encode()] = _summarise(key, per_problem, bins, len(edges) + 1)
+    per_problem = []
+    for i, record in enumerate(records):
+        per_problem.append(_problem_scores(grid, record, draws, rng, accept))
         if progress:
-            progress(i + 1, len(grid))
+            progress(i + 1, len(records))
+    plans = {key.encode(): _summarise(key, [p[key] for p in per_problem], bins, len(edges) + 1) for key in grid}
     return Calibration(
         task=task, model=model, source="fitted", n_problems=len(records), samples_per_problem=n,
         temperature=temperature, bin_edges=edges, plans=plans, length_model=length_model(records),
