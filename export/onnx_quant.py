@@ -57,7 +57,9 @@ class QuantSpec:
                               "2 (fp16), 3 (bf16) or 4 (int8 activations)")
 
     def describe(self) -> dict:
-        out = {"name": self.name}
+        # Dynamic int8 picks one activation scale per tensor, so a sequence's logits depend on the
+        # other rows of its batch; MatMulNBits (int4, accuracy level 4) quantizes activations per row block.
+        out = {"name": self.name, "batch_invariant": self.name != "int8"}
         if self.name == "int4":
             out.update(block_size=self.block_size, accuracy_level=self.accuracy_level, symmetric=self.symmetric)
         return out

@@ -106,7 +106,9 @@ class OnnxEngine(BaseEngine):
             n_layers=len(self.kv.past) // 2, n_ctx=n_ctx or config.get("max_position_embeddings", 2048),
             n_vocab=n_vocab if isinstance(n_vocab, int) else config["vocab_size"], n_seq_max=n_seq_max,
             quant=quant, early_exit_layers=self.manifest.get("early_exit_layers"),
-            gpu_offload=self.providers.used != CPU, extra={"providers": self.providers.to_dict()},
+            gpu_offload=self.providers.used != CPU,
+            extra={"providers": self.providers.to_dict(),
+                   "batch_invariant": self.manifest.get("quant", {}).get("batch_invariant", True)},
         )
 
     # evaluation ----------------------------------------------------------------------------

@@ -72,7 +72,20 @@ def test_int4_quantizes_the_lm_head_and_the_embedding(tiny_model):
     head = config["vocab_size"] * config["hidden_size"]
     assert not [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= head]
     quant = json.loads((folder / "manifest.json").read_text())["quant"]
-    assert quant == {"name": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True}
+    assert quant == {"name": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True, "batch_invariant": True}
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4", "int8"])
+def test_batch_invariance_is_declared_truthfully(quant, tiny_model):
+    from edgetts.runtimes.onnxruntime import OnnxEngine
+
+    with OnnxEngine(tiny_onnx(tiny_model("qwen2"), quant), device="cpu", n_seq_max=4) as engine:
+        a, b = [5, 6, 7, 8, 9, 10], [100, 200, 300, 50]
+        batch = engine.eval_batch({0: a, 1: b})
+        gap = max(np.abs(batch[0] - engine.eval(2, a)).max(), np.abs(batch[1] - engine.eval(3, b)).max())
+        invariant = engine.info.extra["batch_invariant"]
+    print(f"{quant}: batched vs single max logit gap {gap:.2e}")
+    assert invariant == (gap < 1e-4)
 
 
 def test_int4_options_pass_through(tiny_model):
