@@ -113,13 +113,22 @@ def run(
     max_tokens: int = MaxTokensOpt, seed: int = SeedOpt, n: int = NOpt, stop: list[str] = StopOpt,
     runtime: str = RuntimeOpt, device: str = DeviceOpt, as_json: bool = JsonOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and the drafter's acceptance rate."),
+    budget: str = typer.Option(None, "--budget", "-b", help="Answer within this latency (2s, 500ms): the controller "
+                               "plans samples, verifier and aggregation from this device's measured speed."),
 ) -> None:
-    """Generate an answer, streamed to the terminal; --draft decodes speculatively.
+    """Generate an answer, streamed to the terminal; --draft decodes speculatively; --budget plans test-time scaling.
 
-    Example: edgetts run "What is 37*48+15?" --draft ngram --stats
+    Example: edgetts run "What is 37*48+15?" --budget 2s
     """
     from edgetts.runner import print_result, run as run_prompt
     from edgetts.types import SamplingParams
+
+    if budget is not None:
+        from edgetts.session import solve_cli
+        from edgetts.ui import print_answer
+
+        print_answer(solve_cli(prompt, parse_budget(budget), model, runtime, n, draft, max_tokens), as_json)
+        return
 
     params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
     stream = None if as_json or n > 1 else lambda text: typer.echo(text, nl=False)

@@ -264,3 +264,17 @@ def _collect(family: Family, problems, n, temperature, max_tokens, progress):
 
     return collect(family.engine, problems, n=n, temperature=temperature, max_tokens=max_tokens,
                    is_correct=same_answer, verifiers=family.verifiers, progress=progress)
+
+
+# --- edgetts run --budget -----------------------------------------------------------------------------
+
+def solve_cli(prompt: str, budget: float, model: str | None, runtime: str | None, n: int, draft: str | None,
+              max_tokens: int | None) -> dict:
+    """`edgetts run --budget`: the controller decides N, verifier and drafter, so --n/--draft conflict."""
+    from edgetts.errors import ConfigError
+
+    if n != 1 or draft:
+        raise ConfigError("--budget plans the number of samples and the drafter itself; drop --n/--draft, "
+                          "or drop --budget to choose them by hand")
+    return solve(prompt, budget, model, max_tokens=max_tokens, runtime=runtime)
+

@@ -50,3 +50,16 @@ class TaskProgress:
 
     def __exit__(self, *exc) -> None:
         self._bar.__exit__(*exc)
+
+
+def print_answer(result: dict, as_json: bool) -> None:
+    """`edgetts run --budget`: the answer, the plan it came from, predicted vs actual latency."""
+    import json
+
+    if as_json:
+        print(json.dumps({**result, "plan": result["plan"]["name"], "plan_detail": result["plan"]}, indent=2))
+        return
+    print(result["text"].strip() or "(no answer within the budget)")
+    print(f"\nplan: {result['explanation']}")
+    print(f"latency: predicted {result['predicted_latency_s']:.3f}s, actual {result['latency_s']:.3f}s "
+          f"({result['samples']} samples, stop: {result['stop_reason']})")

@@ -227,3 +227,14 @@ def test_cli_profile_calibrate_bench_on_a_tiny_torch_model(tiny_model, tmp_path)
     result = json.loads(out.read_text())
     assert [c["budget_s"] for c in result["controller"]] and out.with_suffix(".png").is_file()
     assert {"greedy", "majority@2", "majority@16"} <= {f["name"] for f in result["fixed"]}
+    answer = json.loads(edgetts("run", "What is 3+3?", "--budget", "2s", "--json"))
+    assert {"answer", "plan", "predicted_latency_s", "latency_s", "explanation"} <= set(answer)
+    assert answer["latency_s"] <= 2.2
+
+
+def test_budget_excludes_hand_picked_samples():
+    from edgetts.errors import ConfigError
+    from edgetts.session import solve_cli
+
+    with pytest.raises(ConfigError, match="drop --n/--draft"):
+        solve_cli("What is 2+2?", 1.0, None, None, n=4, draft=None, max_tokens=None)
