@@ -94,14 +94,13 @@ class ModelDrafter:
         row = self._sync(context)
         tokens, qs = [], []
         for i in range(k):
-            q = sampler.probs(row, context + tokens)
-            token = int(np.argmax(q)) if sampler.params.greedy else draw(q, sampler.rng)
             if i and self._confidence(row, sampler, context + tokens) < self.min_confidence:
                 break
-            tokens.append(token)
-            qs.append(None if sampler.params.greedy else q)
+            q = None if sampler.params.greedy else sampler.probs(row, context + tokens)  # None: drafted by argmax
+            tokens.append(sampler.argmax(row, context + tokens) if q is None else draw(q, sampler.rng))
+            qs.append(q)
             if i < k - 1:
-                row = self._eval([token])
+                row = self._eval(tokens[-1:])
         return tokens, qs
 
     def _confidence(self, row, sampler: Sampler, history) -> float:

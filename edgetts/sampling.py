@@ -82,7 +82,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    logits = logits.astype(np.float64)
     top = logits.max()
     return logits - top - np.log(np.exp(logits - top).sum())
 
@@ -107,13 +106,17 @@ class Sampler:
 
     def filtered_logits(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
         p = self.params
-        logits = apply_repetition_penalty(np.asarray(logits, dtype=np.float64), history, p.repetition_penalty)
-        if p.greedy:
+        logits = apply_repetition_penalty(np.asarray(logits), history, p.repetition_penalty)
+        if p.greedy:  # argmax needs no float64 copy (vocabularies of 150k make copies show up per token)
             return logits
-        logits = apply_temperature(logits, p.temperature)
+        logits = apply_temperature(logits.astype(np.float64), p.temperature)
         logits = apply_top_k(logits, p.top_k)
         logits = apply_top_p(logits, p.top_p)
         return apply_min_p(logits, p.min_p)
+
+    def argmax(self, logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        """The most likely token after the repetition penalty (what temperature 0 picks)."""
+        return int(np.argmax(apply_repetition_penalty(np.asarray(logits), history, self.params.repetition_penalty)))
 
     def probs(self, logits: np.ndarray, history: Sequence[int] = ()) -> np.ndarray:
         filtered = self.filtered_logits(logits, history)

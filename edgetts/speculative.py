@@ -131,10 +131,10 @@ def verify(rows: np.ndarray, drafts: Sequence[int], qs: Sequence[np.ndarray | No
 
 def _judge(row: np.ndarray, draft: int, q: np.ndarray | None, sampler: Sampler, history) -> tuple[bool, int]:
     """(kept, token): the draft itself if kept, else the target's replacement."""
-    p = sampler.probs(row, history)
     if sampler.params.greedy:
-        target = int(np.argmax(p))
+        target = sampler.argmax(row, history)
         return target == draft, target
+    p = sampler.probs(row, history)
     q_draft = 1.0 if q is None else q[draft]
     if sampler.rng.random() * q_draft < p[draft]:  # accept with probability min(1, p/q)
         return True, draft
