@@ -5,6 +5,7 @@ special tokens, add-bos/eos flags and the chat template (the last three through 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from edgetts.errors import UnsupportedModelError
@@ -21,7 +22,7 @@ def add_tokenizer(writer, folder: Path, n_vocab: int) -> None:
                                     "(tokenizer.save_pretrained) before exporting")
     spec = json.loads(path.read_text(encoding="utf-8"))
     if _is_sentencepiece(spec):
-        _add_sentencepiece(writer, folder, n_vocab)
+        _add_sentencepiece(writer, spec, n_vocab)
     else:
         _add_bpe(writer, spec, n_vocab)
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
@@ -69,21 +70,35 @@ def pre_tokenizer_name(pre: dict | None) -> str:
     )
 
 
-def _add_sentencepiece(writer, folder: Path, n_vocab: int) -> None:
+def _add_sentencepiece(writer, spec: dict, n_vocab: int) -> None:
+    """llama.cpp's SPM tokenizer merges the adjacent pair whose result scores highest; scoring each
+    token by minus the rank of the merge that makes it reproduces HF's merge order."""
     import gguf
 
-    vocab = gguf.LlamaHfVocab(folder)
-    texts, scores, kinds = [], [], []
-    for text, score, kind in vocab.all_tokens():
-        texts.append(text)
-        scores.append(score)
-        kinds.append(kind)
-    for i in range(len(texts), n_vocab):
-        texts.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
-        kinds.append(gguf.TokenType.UNUSED)
+    model = spec["model"]
+    by_id = {i: t for t, i in model["vocab"].items()}
+    kinds = {i: _spm_kind(t, model) for t, i in model["vocab"].items()}
+    for added in spec.get("added_tokens", []):
+        by_id[added["id"]] = added["content"]
+        if added["id"] not in kinds or kinds[added["id"]] == gguf.TokenType.NORMAL:
+            kinds[added["id"]] = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+    rank = {}
+    for r, merge in enumerate(model.get("merges", [])):
+        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
+        rank.setdefault(left + right, r)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
-    writer.add_token_list(texts)
-    writer.add_token_scores(scores)
-    writer.add_token_types(kinds)
+    writer.add_token_list([by_id.get(i, f"[PAD{i}]") for i in range(n_vocab)])
+    writer.add_token_scores([-float(rank.get(by_id.get(i), len(rank) + i)) if i in by_id else -1e9
+                             for i in range(n_vocab)])
+    writer.add_token_types([kinds.get(i, gguf.TokenType.UNUSED) for i in range(n_vocab)])
+
+
+def _spm_kind(token: str, model: dict):
+    import gguf
+
+    if token == model.get("unk_token"):
+        return gguf.TokenType.UNKNOWN
+    if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+        return gguf.TokenType.BYTE
+    return gguf.TokenType.NORMAL

@@ -193,12 +193,11 @@ class LlamaVocabTokenizer(Tokenizer):
         return list(buf[:n])
 
     def decode(self, ids, skip_special: bool = True) -> str:
-        return b"".join(self._piece(int(i), not skip_special) for i in ids).decode("utf-8", errors="replace")
-
-    def _piece(self, token: int, special: bool) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-        if n < 0:
+        """llama.cpp's detokenizer: drops SentencePiece's leading space as HF does."""
+        ids = [int(i) for i in ids]
+        tokens = (self._lib.llama_token * max(1, len(ids)))(*ids)
+        n = -(16 * len(ids) + 16)
+        while n < 0:  # a negative result is the size it needs: retry once with that
             buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-        return buf.raw[:n]
+            n = self._lib.llama_detokenize(self._vocab, tokens, len(ids), buf, len(buf), False, not skip_special)
+        return buf.raw[:n].decode("utf-8", errors="replace")

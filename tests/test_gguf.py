@@ -244,3 +244,47 @@ def test_rotary_permute_interleaves_each_head():
     assert rotary_permute(w, 1).ravel().tolist() == [0.0, 2.0, 1.0, 3.0]
     two_heads = np.arange(8.0)[:, None]
     assert rotary_permute(two_heads, 2).ravel().tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+def _spm_tokenizer(folder):
+    """A Llama-2-style tokenizer.json: BPE over "▁"-joined text with <0xXX> byte fallback."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+                                  show_progress=False)
+    tok.train_from_iterator(sample_corpus(), trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    folder.mkdir(parents=True)
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["content"] not in byte_tokens]  # vocab entries
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    (folder / "tokenizer_config.json").write_text(json.dumps(dict(
+        bos_token="<s>", eos_token="</s>", unk_token="<unk>", add_bos_token=True)))
+    return folder
+
+
+def test_sentencepiece_tokenizer_and_model_match_hf(tmp_path):
+    from edgetts.export.gguf import export_gguf
+    from edgetts.runtimes.gguf_file import read_header
+    from edgetts.testing import TINY_CONFIGS, write_checkpoint
+
+    folder = tmp_path / "llama-spm"
+    folder.mkdir()
+    write_checkpoint(folder, TINY_CONFIGS["llama"], init_std=0.1, tokenizer_from=_spm_tokenizer(tmp_path / "spm"))
+    path = export_gguf(folder, tmp_path / "spm.gguf", quant="f32", progress=False).path
+    assert read_header(path).metadata["tokenizer.ggml.model"] == "llama"
+    ours, ref = _engines(path, folder)
+    for text in CORPUS:
+        for special in (True, False):
+            assert ours.tokenizer.encode(text, special) == ref.tokenizer.encode(text, special), text
+        ids = ref.tokenizer.encode(text, False)
+        assert ours.tokenizer.decode(ids) == ref.tokenizer.decode(ids)
+    prompt = ref.tokenizer.encode("What is 37*48+15? Answer:")
+    assert _greedy(ours, prompt, STEPS)[0] == _greedy(ref, prompt, STEPS)[0]
