@@ -85,6 +85,7 @@ class OnnxEngine(BaseEngine):
                  provider_options: dict | None = None, session_options=None, spinning: bool = False):
         super().__init__()
         self.folder, model_file = _locate(Path(path))
+        self.model_file = str(model_file)
         config = _read_json(self.folder / "config.json")
         self.manifest = _read_json(self.folder / "manifest.json")
         options = session_options or _session_options(n_threads, spinning)
@@ -108,6 +109,19 @@ class OnnxEngine(BaseEngine):
             extra={"providers": self.providers.to_dict(),
                    "batch_invariant": self.manifest.get("quant", {}).get("batch_invariant", True)},
         )
+
+    def node_placement(self) -> dict[str, int]:
+        """How many graph nodes ran on each provider in one decode step (from ONNX Runtime's profiler)."""
+        from edgetts.runtimes.providers import node_placement
+
+        feeds = {"input_ids": np.zeros((1, 1), self.kv.int_types["input_ids"]),
+                 "attention_mask": np.ones((1, 1), self.kv.int_types.get("attention_mask", np.int64))}
+        if "position_ids" in self.kv.int_types:
+            feeds["position_ids"] = np.zeros((1, 1), self.kv.int_types["position_ids"])
+        empty = np.zeros((1, self.kv.kv_heads, 0, self.kv.head_dim), self.kv.dtype)
+        feeds.update({name: empty for name in self.kv.past})
+        providers = self.session.get_providers()
+        return node_placement(self.model_file, providers, feeds, [self.providers.options.get(p, {}) for p in providers])
 
     # evaluation ----------------------------------------------------------------------------
     def _eval_batch(self, work: dict[int, list[int]]) -> dict[int, np.ndarray]:

@@ -55,6 +55,7 @@ class ProviderReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason)
     session_providers: list[str] = field(default_factory=list)
     devices: dict[str, list[str]] | None = None  # provider -> hardware found by get_ep_devices (ORT >= 1.22)
+    options: dict[str, dict] = field(default_factory=dict)  # provider -> the options it was given
 
     @property
     def fell_back(self) -> bool:
@@ -92,7 +93,7 @@ def open_session(model_path: str, device: str | None, session_options=None,
     order = candidates(device, [] if device == "cpu" else ort.get_available_providers())
     if device != "cpu":
         report.devices = ep_devices(ort)
-    options = _options_by_provider(order, provider_options)
+    options = report.options = _options_by_provider(order, provider_options)
     usable = [p for p in order if _usable(p, ort, report, device)]
     session = ort.InferenceSession(model_path, sess_options=session_options, providers=usable,
                                    provider_options=[options.get(p, {}) for p in usable])
@@ -150,28 +151,31 @@ def _options_by_provider(order: list[str], provider_options: dict | None) -> dic
     return {first: {k: str(v) for k, v in provider_options.items()}}
 
 
-def node_placement(session_factory) -> dict[str, int]:
-    """Nodes per provider, from ONNX Runtime's profiler over one run (which provider each node ran on).
+def node_placement(model_path: str, providers: list[str], feeds: dict, provider_options: list[dict] | None = None,
+                   ort=None) -> dict[str, int]:
+    """Nodes per provider over one run of `feeds`, from ONNX Runtime's profiler.
 
-    `session_factory(session_options)` must return (session, feeds) for a session built with the
-    given options; ONNX Runtime only exposes placement through profiling.
+    An accelerator can accept a session yet take no nodes (CoreML rejects dims > 16384, for one),
+    so "the session lists CoreML" is not "the model runs on CoreML"; this counts where nodes ran.
     """
     import json
     import os
 
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    session, feeds = session_factory(opts)
+    if ort is None:
+        import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    session = ort.InferenceSession(model_path, options, providers=providers, provider_options=provider_options)
     session.run(None, feeds)
     trace = session.end_profiling()
     counts: dict[str, int] = {}
     try:
-        for event in json.load(open(trace, encoding="utf-8")):
-            provider = event.get("args", {}).get("provider")
-            if event.get("cat") == "Node" and provider and event["name"].endswith("_kernel_time"):
-                counts[provider] = counts.get(provider, 0) + 1
+        with open(trace, encoding="utf-8") as f:
+            events = json.load(f)
     finally:
         os.remove(trace)
+    for event in events:
+        provider = event.get("args", {}).get("provider")
+        if event.get("cat") == "Node" and provider and event["name"].endswith("_kernel_time"):
+            counts[provider] = counts.get(provider, 0) + 1
     return counts

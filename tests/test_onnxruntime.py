@@ -184,21 +184,8 @@ def fresh(engine, tokens, seq=6):
 
 
 def test_node_placement_counts_nodes_per_provider(folder):
-    import onnxruntime as ort
-
-    from edgetts.runtimes.providers import node_placement
-
-    def factory(options):
-        session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=[CPU])
-        inputs = {i.name: i for i in session.get_inputs()}
-        feeds = {"input_ids": np.array([[1, 2]]), "attention_mask": np.ones((1, 2), np.int64),
-                 "position_ids": np.array([[0, 1]])}
-        for name, spec in inputs.items():
-            if name.startswith("past_key_values."):
-                feeds[name] = np.zeros((1, spec.shape[1], 0, spec.shape[3]), np.float32)
-        return session, feeds
-
-    counts = node_placement(factory)
+    with load(folder, device="cpu") as engine:
+        counts = engine.node_placement()
     assert set(counts) == {CPU} and counts[CPU] > 10
 
 
