@@ -13,6 +13,7 @@ tokenizer.json, tokenizer_config.json, genai_config.json, manifest.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ def export_onnx(model: str | Path, out: Path, quant: str | None = None, layers: 
     model = resolve_model(model)
     config = load_config(model)
     check_layers(layers, config.num_hidden_layers)
+    spec = dataclasses.replace(spec, tied=bool(getattr(config, "tie_word_embeddings", False)))
     steps = _Progress(progress, total=5 if parity_steps else 4)
     with atomic_output(out, is_dir=True, overwrite=overwrite) as folder:
         stage = folder / ".stage"

@@ -72,7 +72,29 @@ def test_int4_quantizes_the_lm_head_and_the_embedding(tiny_model):
     head = config["vocab_size"] * config["hidden_size"]
     assert not [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= head]
     quant = json.loads((folder / "manifest.json").read_text())["quant"]
-    assert quant == {"name": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True, "batch_invariant": True}
+    assert quant == {"name": "int4", "block_size": 32, "accuracy_level": 4, "symmetric": True,
+                     "batch_invariant": True, "tied_head_shared": True}
+    # Tied checkpoint: the embedding gather reads the LM head's int4 bytes, stored once.
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == gather.input[0])
+    assert head is not None
+
+
+def test_sharing_the_tied_head_changes_no_logit(tiny_model, tmp_path):
+    import shutil
+
+    from edgetts.export.onnx_quant import QuantSpec, quantize
+    from edgetts.runtimes.onnxruntime import OnnxEngine
+
+    fp32 = tiny_onnx(tiny_model("qwen2"))
+    separate = tmp_path / "separate"
+    shutil.copytree(fp32, separate, ignore=shutil.ignore_patterns("model.onnx*", "manifest.json"))
+    quantize(fp32 / "model.onnx", separate / "model.onnx", QuantSpec.parse("int4"))  # tied=False: two copies
+    ids = list(range(0, 400, 7))
+    with OnnxEngine(separate, device="cpu") as a, OnnxEngine(tiny_onnx(tiny_model("qwen2"), "int4"), device="cpu") as b:
+        np.testing.assert_array_equal(a.eval(0, ids), b.eval(0, ids))
+    sizes = [(f / "model.onnx").stat().st_size for f in (separate, tiny_onnx(tiny_model("qwen2"), "int4"))]
+    assert sizes[1] < sizes[0]
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4", "int8"])
