@@ -152,7 +152,8 @@ def test_early_exit_drafter_is_the_first_k_layers_plus_norm_and_head(tiny_model)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_optimum_and_onnxruntime_genai_give_our_greedy_tokens(tiny_model):
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_optimum_and_onnxruntime_genai_give_our_greedy_tokens(quant, tiny_model):
     import onnxruntime  # noqa: F401  onnxruntime-genai loads the onnxruntime library this import provides
     import torch
 
@@ -161,7 +162,7 @@ def test_optimum_and_onnxruntime_genai_give_our_greedy_tokens(tiny_model):
 
     from edgetts.runtimes.onnxruntime import OnnxEngine
 
-    folder = tiny_onnx(tiny_model("qwen2"))
+    folder = tiny_onnx(tiny_model("qwen2"), quant)
     with OnnxEngine(folder, device="cpu") as engine:
         prompt = prompt_of(engine)
         ours = greedy(engine, prompt, STEPS)
