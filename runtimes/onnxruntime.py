@@ -88,7 +88,7 @@ class OnnxEngine(BaseEngine):
         self.model_file = str(model_file)
         config = _read_json(self.folder / "config.json")
         self.manifest = _read_json(self.folder / "manifest.json")
-        options = session_options or _session_options(n_threads, spinning)
+        options = session_options or default_session_options(n_threads, spinning)
         self.session, self.providers = open_session(str(model_file), device, options, provider_options)
         self.kv = KVLayout.from_session(self.session)
         self.kv_device = DEVICE_MEMORY.get(self.providers.used, "cpu")
@@ -224,7 +224,7 @@ class OnnxEngine(BaseEngine):
         self.session = None
 
 
-def _session_options(n_threads: int | None, spinning: bool):
+def default_session_options(n_threads: int | None = None, spinning: bool = False):
     options = ort.SessionOptions()
     if n_threads:
         options.intra_op_num_threads = n_threads
