@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 
-def print_doctor(data: dict) -> None:
+def print_doctor(data: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = console or Console()
     cpu, mem = data["cpu"], data["memory"]
     console.print(f"[bold]edgetts {data['edgetts']}[/] · Python {data['python']} · {data['os']} ({data['machine']})")
     console.print(f"CPU: {cpu['model']} · {cpu['physical_cores']} physical / {cpu['logical_cores']} logical cores "

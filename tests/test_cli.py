@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from edgetts import __version__
 
 EDGETTS = [sys.executable, "-m", "edgetts.cli"]
@@ -24,10 +26,16 @@ def test_help_lists_commands():
     assert result.returncode == 0 and "doctor" in result.stdout
 
 
-def test_doctor_json_reports_machine_and_engines():
+@pytest.fixture(scope="module")
+def doctor_json():
+    """One `edgetts doctor --json` run (it imports every engine: seconds) shared by the doctor tests."""
     result = edgetts("doctor", "--json")
     assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_doctor_json_reports_machine_and_engines(doctor_json):
+    data = doctor_json
     assert data["cpu"]["logical_cores"] >= 1 and data["memory"]["total_gb"] > 0
     names = {c["name"]: c for c in data["components"]}
     assert {"llama-cpp-python", "onnxruntime", "torch"} <= set(names)
@@ -39,9 +47,20 @@ def test_doctor_json_reports_machine_and_engines():
         assert isinstance(data["llama_cpp"]["gpu_offload"], bool)
 
 
-def test_doctor_table():
-    result = edgetts("doctor")
-    assert result.returncode == 0 and "component" in result.stdout
+def test_doctor_table_shows_every_component_and_its_fix(doctor_json):
+    import io
+
+    from rich.console import Console
+
+    from edgetts.ui import print_doctor
+
+    broken = dict(doctor_json, components=[*doctor_json["components"], {
+        "name": "imaginary-runtime", "version": None, "ok": False, "purpose": "a test", "fix": "pip install imaginary"}])
+    buffer = io.StringIO()
+    print_doctor(broken, Console(file=buffer, width=200))
+    out = buffer.getvalue()
+    assert "component" in out and "llama-cpp-python" in out
+    assert "imaginary-runtime" in out and "pip install imaginary" in out
 
 
 def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path):
