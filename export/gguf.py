@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,30 +247,20 @@ def _add_rope_scaling(writer, config: dict) -> None:
 
 # --- progress ---------------------------------------------------------------------------
 
-class _bar:
-    """A rich progress bar over `total` steps (nothing when progress is off)."""
+@contextmanager
+def _bar(enabled: bool, label: str, total: int) -> Iterator[Callable[[], None]]:
+    """A rich progress bar over `total` steps; yields the function that advances it."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import Progress
 
-    def __init__(self, enabled: bool, label: str, total: int):
-        self.enabled, self.label, self.total = enabled, label, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import Progress
-
-        self.progress = Progress(transient=True)
-        self.progress.start()
-        task = self.progress.add_task(self.label, total=self.total)
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.progress.stop()
+    with Progress(transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda: progress.advance(task)
 
 
 def _spinner(enabled: bool, label: str):
-    from contextlib import nullcontext
-
     if not enabled:
         return nullcontext()
     from rich.console import Console

@@ -93,11 +93,10 @@ class LlamaCppEngine(BaseEngine):
                                        "sequences or load with a larger kv_cells / n_ctx")
         if code != 0:
             raise InvalidArtifactError(f"llama_decode failed with code {code}; run with EDGETTS_LLAMA_LOG=1 to see why")
-        n_vocab = self.info.n_vocab if hasattr(self, "info") else lib.llama_vocab_n_tokens(self._vocab)
         if not wanted:
-            return np.empty((0, n_vocab), dtype=np.float32)
+            return np.empty((0, self.info.n_vocab), dtype=np.float32)
         logits = lib.llama_get_logits(self._ctx)
-        return np.ctypeslib.as_array(logits, shape=(len(wanted), n_vocab)).copy()
+        return np.ctypeslib.as_array(logits, shape=(len(wanted), self.info.n_vocab)).copy()
 
     def _fork(self, src: int, dst: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
