@@ -181,7 +181,7 @@ def bench_quant(root: Path, model: str, quant: str, args) -> dict:
     row["ratio_vs_genai"] = ours / row["genai_tok_s"]["median"]
     row["ratio_vs_optimum"] = ours / row["optimum_tok_s"]["median"]
     print(f"[{quant}] N={args.n} batched vs sequential ...", file=sys.stderr, flush=True)
-    row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.repeats)
+    row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.batch_repeats)
     row["goals_met"] = {
         "vs_genai": row["ratio_vs_genai"] >= GOALS["vs_genai"],
         "vs_optimum": row["ratio_vs_optimum"] >= GOALS["vs_optimum"],
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--batch-prompt", type=int, default=64)
     parser.add_argument("--batch-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per decode figure (after a warm-up)")
+    parser.add_argument("--batch-repeats", type=int, default=2, help="timed runs per N-sample figure")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -233,8 +234,38 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or RESULTS / f"onnxruntime_{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
+    plot(result, out.with_suffix(".png"))
     print(summary(result))
     return result
+
+
+def plot(result: dict, path: Path) -> None:
+    """Decode tok/s per engine and quant (median, min-max whiskers), plus the N=8 wall times."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quants = list(result["quants"])
+    fig, (speed, batch) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, engine in enumerate(("ours", "genai", "optimum")):
+        rows = [result["quants"][q][f"{engine}_tok_s"] for q in quants]
+        med = [r["median"] for r in rows]
+        err = [[m - r["min"] for m, r in zip(med, rows)], [r["max"] - m for m, r in zip(med, rows)]]
+        speed.bar(np.arange(len(quants)) + (i - 1) * 0.27, med, 0.27, yerr=err, label=engine)
+    speed.set_xticks(range(len(quants)), quants)
+    speed.set_ylabel("decode tokens/s")
+    speed.set_title(result["model"].split(" (")[0] + ": decode")
+    speed.legend()
+    for i, key in enumerate(("batched_s", "sequential_prompt_reused_s", "sequential_prompt_reread_s")):
+        med = [result["quants"][q]["batch"][key]["median"] for q in quants]
+        batch.bar(np.arange(len(quants)) + (i - 1) * 0.27, med, 0.27, label=key.removesuffix("_s").replace("_", " "))
+    batch.set_xticks(range(len(quants)), quants)
+    batch.set_ylabel("seconds for N samples")
+    batch.set_title(f"N = {result['settings']['n']} samples")
+    batch.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def summary(result: dict) -> str:
