@@ -288,3 +288,24 @@ def test_sentencepiece_tokenizer_and_model_match_hf(tmp_path):
         assert ours.tokenizer.decode(ids) == ref.tokenizer.decode(ids)
     prompt = ref.tokenizer.encode("What is 37*48+15? Answer:")
     assert _greedy(ours, prompt, STEPS)[0] == _greedy(ref, prompt, STEPS)[0]
+
+
+def test_pytorch_bin_checkpoints_export_like_safetensors(tiny_model, tiny_gguf, tmp_path):
+    """.bin weights are read with torch.load(weights_only=True) and give the same GGUF tensors."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from edgetts.export.gguf import export_gguf
+    from edgetts.runtimes.gguf_file import read_header
+
+    folder = shutil.copytree(tiny_model("qwen2"), tmp_path / "bin-model")
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+    path = export_gguf(folder, tmp_path / "bin.gguf", quant="f32", progress=False).path
+    same = tiny_gguf("qwen2")
+    assert [(t.name, t.shape) for t in read_header(path).tensors] == [(t.name, t.shape) for t in read_header(same).tensors]
+    start, other = read_header(path).data_offset, read_header(same).data_offset
+    assert path.read_bytes()[start:] == same.read_bytes()[other:]
