@@ -180,6 +180,28 @@ def bench_quant(folder: Path, quant: str, args, bandwidth: float) -> dict:
     }
 
 
+def plot(result: dict, path: Path) -> None:
+    """Decode tokens/s per quantization, ours vs Llama.generate (matplotlib, from the dev extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quants = list(result["quants"])
+    ours = [result["quants"][q]["decode_tok_s"]["ours"] for q in quants]
+    theirs = [result["quants"][q]["decode_tok_s"]["llama_generate"] for q in quants]
+    x = np.arange(len(quants))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(x - 0.2, ours, 0.4, label="edgetts LlamaCppEngine")
+    ax.bar(x + 0.2, theirs, 0.4, label="llama-cpp-python Llama.generate")
+    ax.set_xticks(x, quants)
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(f"shape-faithful Qwen2.5-0.5B, {result['threads']} threads (shared VM)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="HF folder (default: shape-faithful Qwen2.5-0.5B in /tmp/edgetts-bench)")
@@ -210,7 +232,8 @@ def main() -> None:
         print(json.dumps({quant: {k: v for k, v in result["quants"][quant].items() if "runs" not in str(k)}}, indent=1, default=str))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {args.out}")
+    plot(result, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
