@@ -28,6 +28,8 @@ PROBE_TEXT = "Hello, world! What is 37*48+15? Zürich 日本 \n\tdef f(x): retur
 class NGramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the last n tokens and draft what followed."""
 
+    policy = None  # its DraftPolicy, kept across generations (edgetts.speculative.policy_for)
+
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         if not 1 <= min_ngram <= max_ngram:
             raise ConfigError(f"n-gram sizes min={min_ngram}, max={max_ngram} are invalid: need 1 <= min <= max")
@@ -71,6 +73,8 @@ def lookup(context: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 
 
 class ModelDrafter:
     """A small model drafts autoregressively on its own `Engine`; its KV follows the committed text."""
+
+    policy = None  # its DraftPolicy, kept across generations (edgetts.speculative.policy_for)
 
     def __init__(self, engine: Engine, name: str = "draft-model", seq: int = 0, min_confidence: float = 0.0,
                  owns_engine: bool = True):

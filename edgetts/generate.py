@@ -196,9 +196,9 @@ class _Run:
         if drafter is None:
             self.steps = generate_step(engine, self.ids, sampler, seq)
         else:
-            from edgetts.speculative import DraftPolicy, speculative_generate_step
+            from edgetts.speculative import policy_for, speculative_generate_step
 
-            self.policy = speculative_options.pop("policy", None) or DraftPolicy(**speculative_options)
+            self.policy = speculative_options.pop("policy", None) or policy_for(drafter, **speculative_options)
             self.steps = speculative_generate_step(engine, drafter, self.ids, sampler, seq, limit=self.limit,
                                                    policy=self.policy)
         self.start = time.perf_counter()

@@ -41,11 +41,15 @@ class DraftPolicy:
       >= 75 % lengthens it, within [k_min, k_max].
     - Off-switch: the first `warmup` steps are plain, to time plain decoding. After `probe_rounds`
       speculative rounds, whenever seconds per committed token exceed plain decoding's, speculation
-      stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again.
+      stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again
+      at the shortest draft length, the cheapest probe.
+
+    A drafter keeps its policy across generations (`policy_for`), so what was learned on this
+    device (draft length, a switched-off drafter's cooldown) carries over to the next request.
     """
 
-    def __init__(self, k: int = 4, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, probe_rounds: int = 3, cooldown: int = 16):
+    def __init__(self, k: int = 3, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
+                 warmup: int = 2, probe_rounds: int = 2, cooldown: int = 16):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
         self.k, self.k_min, self.k_max = k, k_min, k_max
@@ -95,8 +99,13 @@ class DraftPolicy:
             self.failures += 1
             self.switched_off += 1
             self.off_left = self.cooldown * 2 ** (self.failures - 1)
+            self.k = self.k_min
         else:
             self.failures = 0
+
+    def start_generation(self) -> None:
+        """Zero the per-generation counters; keep what was learned (k, speeds, cooldown)."""
+        self.rounds = self.drafted = self.accepted = self.spec_tokens = self.plain_tokens = self.switched_off = 0
 
     def stats(self) -> dict:
         rate = lambda s: round(1 / s.value, 2) if s.value else None  # noqa: E731
@@ -108,6 +117,15 @@ class DraftPolicy:
             draft_length=self.k, switched_off=self.switched_off,
             plain_tok_s=rate(self.plain_s), speculative_tok_s=rate(self.spec_s),
         )
+
+
+def policy_for(drafter, **options) -> DraftPolicy:
+    """The drafter's own policy (created on first use); explicit options give a fresh one instead."""
+    if options:
+        return DraftPolicy(**options)
+    if getattr(drafter, "policy", None) is None:
+        drafter.policy = DraftPolicy()
+    return drafter.policy
 
 
 def verify(rows: np.ndarray, drafts: Sequence[int], qs: Sequence[np.ndarray | None], sampler: Sampler,
@@ -156,7 +174,8 @@ def speculative_generate_step(target: Engine, drafter, prompt: Sequence[int], sa
     The target's KV for `seq` always holds every committed token but the last (pending) one;
     rejected drafts are rolled back with `truncate`. Pass a `policy` to read its stats afterwards.
     """
-    policy = policy if policy is not None else DraftPolicy(**policy_options)
+    policy = policy if policy is not None else policy_for(drafter, **policy_options)
+    policy.start_generation()
     drafter.attach(target)
     history = list(prompt)
     target.release(seq)

@@ -262,6 +262,8 @@ def test_off_switch_keeps_a_slow_useless_drafter_near_plain_speed():
     spec_on_s = _timed(lambda: generate(target, "hi", max_tokens=60, chat=False, drafter=slow_drafter, auto_off=False))
     assert spec_on_s > 1.5 * plain_s  # speculation alone hurts...
     assert spec_off_s < 1.25 * plain_s  # ...and the switch bounds the harm
+    again = generate(target, "hi", max_tokens=30, chat=False, drafter=slow_drafter)
+    assert again.stats["rounds"] == 0  # the drafter's policy remembers: the next request starts switched off
 
 
 def _timed(fn) -> float:

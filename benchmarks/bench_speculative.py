@@ -1,0 +1,185 @@
+"""Speculative decoding against plain decoding on the same engine, in the same run.
+
+    python benchmarks/bench_speculative.py                       # embedded family + shape-faithful pair
+    python benchmarks/bench_speculative.py --family shape --tokens 96 --repeats 3
+
+Per family and drafter: speedup of end-to-end greedy generation (prefill included) over plain
+decoding, absolute tokens/s of both, acceptance rate, mean drafts kept per target pass, and
+whether the output equals plain greedy decoding token for token. Each drafter runs twice: with
+the automatic off-switch (the default) and with it disabled, which shows where speculation
+would hurt and what the switch saves. Plain and speculative runs are interleaved, and medians
+over repeats are reported, because this machine is shared.
+
+Families (llama.cpp engine, GGUF):
+- embedded: the built-in generator (q8_0), its trained draft model, and its own first K layers
+  (trained with early-exit losses), on arithmetic test prompts;
+- shape: a shape-faithful Qwen2.5-0.5B (random weights, q4_0) with a 2-layer random draft of the
+  same vocabulary and its own first 6 layers: random weights agree with nothing, so this is
+  the case where model drafters hurt.
+Writes benchmarks/results/speculative.json; checkpoints live in /tmp/edgetts-bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "speculative.json"
+BENCH_ROOT = Path("/tmp/edgetts-bench")
+SHAPE_PROMPTS = [
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+]
+
+
+def embedded_family(threads: int, layers: list[int]) -> dict:
+    from edgetts import arithmetic, embedded
+    from edgetts.drafters import EarlyExitDrafter, ModelDrafter, NGramDrafter
+    from edgetts.runtimes.llamacpp import LlamaCppEngine
+
+    target_path = embedded.artifact("generator", "gguf")
+    open_engine = lambda path: LlamaCppEngine(path, n_seq_max=1, n_ctx=1024, n_threads=threads)  # noqa: E731
+    drafters = {"draft-model": lambda: ModelDrafter(open_engine(embedded.artifact("draft", "gguf")), "draft-model"),
+                "ngram": NGramDrafter}
+    for k in layers:
+        drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter.for_model(target_path, k, n_seq_max=1,
+                                                                            n_ctx=1024, n_threads=threads)
+    problems = [p for p in arithmetic.split("test") if p.level >= 3][::12][:6]
+    return dict(target=str(target_path), engine=open_engine(target_path), drafters=drafters,
+                prompts=[p.prompt for p in problems])
+
+
+def shape_family(threads: int, layers: list[int]) -> dict:
+    from edgetts.drafters import EarlyExitDrafter, ModelDrafter, NGramDrafter
+    from edgetts.export import export
+    from edgetts.runtimes.llamacpp import LlamaCppEngine
+    from edgetts.testing import SHAPE_FAITHFUL_CONFIGS, shape_faithful_checkpoint, write_checkpoint
+
+    source = shape_faithful_checkpoint("qwen2.5-0.5b", BENCH_ROOT)
+    draft_source = BENCH_ROOT / "qwen2.5-0.5b-draft2l"
+    if not (draft_source / "config.json").is_file():
+        spec = dict(SHAPE_FAITHFUL_CONFIGS["qwen2.5-0.5b"], num_hidden_layers=2)
+        draft_source.mkdir(parents=True, exist_ok=True)  # write_checkpoint copies the tokenizer in first
+        write_checkpoint(draft_source, spec, seed=1, tokenizer_from=source)
+    gguf = {}
+    for name, src, k in [("target", source, None), ("draft", draft_source, None)] + [(f"ee{k}", source, k) for k in layers]:
+        out = BENCH_ROOT / "spec" / (f"{src.name}.q4_0.layers{k}.gguf" if k else f"{src.name}.q4_0.gguf")
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            export(src, out, format="gguf", quant="q4_0", layers=k, progress=False)
+        gguf[name] = out
+    open_engine = lambda path: LlamaCppEngine(path, n_seq_max=1, n_ctx=1024, n_threads=threads)  # noqa: E731
+    drafters = {"draft-model": lambda: ModelDrafter(open_engine(gguf["draft"]), "draft-model"), "ngram": NGramDrafter}
+    for k in layers:
+        drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter(open_engine(gguf[f"ee{k}"]), k)
+    return dict(target=str(gguf["target"]), engine=open_engine(gguf["target"]), drafters=drafters,
+                prompts=SHAPE_PROMPTS)
+
+
+def timed_generation(engine, prompt, tokens, drafter=None, **options):
+    from edgetts.generate import generate
+
+    start = time.perf_counter()
+    r = generate(engine, prompt, max_tokens=tokens, chat=False, drafter=drafter, **options)
+    return time.perf_counter() - start, r
+
+
+def measure(family: dict, tokens: int, repeats: int) -> dict:
+    """Interleave plain and speculative runs per prompt; medians of the per-repeat totals."""
+    engine, prompts = family["engine"], family["prompts"]
+    drafters = {name: make() for name, make in family["drafters"].items()}
+    variants = [(name, auto_off) for name in drafters for auto_off in (True, False)]
+    timing = {key: [] for key in ["plain", *variants]}
+    runs = {key: [] for key in variants}
+    plain_tokens, generated = {}, 0
+    timed_generation(engine, prompts[0], 4)  # warm-up: page the weights in before anything is timed
+    for drafter in drafters.values():
+        timed_generation(engine, prompts[0], 4, drafter)
+    for _ in range(repeats):
+        totals = dict.fromkeys(timing, 0.0)
+        for prompt in prompts:
+            seconds, plain = timed_generation(engine, prompt, tokens)
+            totals["plain"] += seconds
+            plain_tokens[prompt] = plain.tokens
+            for name, auto_off in variants:
+                seconds, r = timed_generation(engine, prompt, tokens, drafters[name], auto_off=auto_off)
+                totals[(name, auto_off)] += seconds
+                runs[(name, auto_off)].append((prompt, r))
+        generated = sum(len(t) for t in plain_tokens.values())
+        for key, value in totals.items():
+            timing[key].append(value)
+    plain_s = statistics.median(timing["plain"])
+    rows = [_row(name, auto_off, statistics.median(timing[(name, auto_off)]), plain_s, generated,
+                 runs[(name, auto_off)], plain_tokens) for name, auto_off in variants]
+    for drafter in drafters.values():
+        drafter.close()
+    engine.close()
+    return dict(target=family["target"], prompts=len(prompts), tokens_per_prompt=tokens, repeats=repeats,
+                plain_s=round(plain_s, 4), plain_tok_s=round(generated / plain_s, 2), drafters=rows)
+
+
+def _row(name, auto_off, spec_s, plain_s, generated, runs, plain_tokens) -> dict:
+    drafted = sum(r.stats["drafted"] for _, r in runs)
+    accepted = sum(r.stats["accepted"] for _, r in runs)
+    rounds = sum(r.stats["rounds"] for _, r in runs)
+    return dict(
+        drafter=name, auto_off=auto_off, speedup=round(plain_s / spec_s, 3), tok_s=round(generated / spec_s, 2),
+        acceptance_rate=round(accepted / drafted, 4) if drafted else None,
+        mean_accepted=round(accepted / rounds, 3) if rounds else None,
+        tokens_per_target_pass=round((accepted + rounds) / rounds, 3) if rounds else None,
+        speculative_share=round(sum(r.stats["speculative_tokens"] for _, r in runs)
+                                / max(1, sum(len(r.tokens) for _, r in runs)), 3),
+        switched_off=sum(r.stats["switched_off"] for _, r in runs),
+        equivalent=all(r.tokens == plain_tokens[prompt] for prompt, r in runs),
+    )
+
+
+def goals(results: dict) -> dict:
+    """The issue's goals, checked against what was measured."""
+    def best(family, prefix):
+        rows = [r for r in results.get(family, {}).get("drafters", []) if r["drafter"].startswith(prefix) and r["auto_off"]]
+        return max((r["speedup"] for r in rows), default=None)
+
+    with_switch = [r["speedup"] for fam in results.values() for r in fam.get("drafters", []) if r["auto_off"]]
+    return {
+        "draft_model_embedded_>=1.5x": best("embedded", "draft-model"),
+        "early_exit_embedded_>=1.2x": best("embedded", "early-exit"),
+        "never_below_0.95x_with_switch": min(with_switch, default=None),
+        "all_outputs_equivalent": all(r["equivalent"] for fam in results.values() for r in fam.get("drafters", [])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", choices=["embedded", "shape", "all"], default="all")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="1 is steady on a busy machine (see ANCHORS.md)")
+    parser.add_argument("--layers", default=None, help="early-exit depths, e.g. 2,3 (default: per family)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    families = {"embedded": (embedded_family, [2, 3]), "shape": (shape_family, [6])}
+    results = json.loads(RESULTS.read_text()).get("families", {}) if RESULTS.exists() else {}
+    for name, (build, default_layers) in families.items():
+        if args.family not in (name, "all"):
+            continue
+        layers = [int(k) for k in args.layers.split(",")] if args.layers else default_layers
+        results[name] = measure(build(args.threads, layers), args.tokens, args.repeats)
+        results[name]["command"] = "python benchmarks/bench_speculative.py " + " ".join(sys.argv[1:])
+        print(json.dumps({name: results[name]}, indent=1))
+    out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(), threads=args.threads,
+                            note="shared 2-core VM: compare ratios measured in the same run"),
+               families=results, goals=goals(results))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["goals"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
