@@ -10,6 +10,7 @@ llama.cpp opens it, and llama.cpp's own log is silenced.
 from __future__ import annotations
 
 import ctypes
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ class LlamaCppEngine(BaseEngine):
     # adapter hooks ------------------------------------------------------------------------
     def _eval_batch(self, work: dict[int, list[int]]) -> dict[int, np.ndarray]:
         rows = [(seq, self.n_tokens(seq) + i, token) for seq, tokens in work.items() for i, token in enumerate(tokens)]
-        logits = np.concatenate([self._decode(rows[i : i + self.n_batch]) for i in range(0, len(rows), self.n_batch)])
+        with self._rollback_on_error(work):
+            logits = np.concatenate([self._decode(rows[i : i + self.n_batch]) for i in range(0, len(rows), self.n_batch)])
         out, start = {}, 0
         for seq, tokens in work.items():
             out[seq] = logits[start : start + len(tokens)]
@@ -72,11 +74,22 @@ class LlamaCppEngine(BaseEngine):
         checked = self._check_tokens(self._check_id(seq), tokens)
         start = self.n_tokens(seq)
         rows = [(seq, start + i, t) for i, t in enumerate(checked)]
-        for i in range(0, len(rows), self.n_batch):
-            chunk = rows[i : i + self.n_batch]
-            last = self._decode(chunk, outputs=[len(chunk) - 1] if i + self.n_batch >= len(rows) else [])
+        with self._rollback_on_error([seq]):
+            for i in range(0, len(rows), self.n_batch):
+                chunk = rows[i : i + self.n_batch]
+                last = self._decode(chunk, outputs=[len(chunk) - 1] if i + self.n_batch >= len(rows) else [])
         self._lengths[seq] = start + len(checked)
         return last
+
+    @contextmanager
+    def _rollback_on_error(self, seqs):
+        """A failure in a later chunk must not leave earlier chunks in the KV cache."""
+        try:
+            yield
+        except BaseException:
+            for seq in seqs:
+                self._lib.llama_memory_seq_rm(self._memory, seq, self.n_tokens(seq), -1)
+            raise
 
     def _decode(self, rows: list[tuple[int, int, int]], outputs: list[int] | None = None) -> np.ndarray:
         """One llama_decode of (seq, position, token) rows; logits of `outputs` (default: every row)."""

@@ -118,6 +118,14 @@ def test_a_full_kv_cache_is_a_clear_error(gguf_path):
         with pytest.raises(ContextOverflowError, match="KV cache is full"):
             engine.eval(1, prompt)
         assert engine.n_tokens(1) == 0
+        # the chunk that did fit is rolled back, or seq 1 would see its own stale positions twice
+    with _engine(gguf_path, n_seq_max=2, n_ctx=256, kv_cells=256, n_batch=50) as engine:
+        engine.eval(0, prompt)
+        with pytest.raises(ContextOverflowError):
+            engine.eval(1, prompt[:100])  # first 50 fit, the second 50 do not
+        assert engine.n_tokens(1) == 0
+        engine.release(0)
+        np.testing.assert_allclose(engine.eval(1, prompt[:50]), engine.eval(0, prompt[:50]), atol=1e-3)
 
 
 def test_llama_cpp_prints_nothing(gguf_path, capfd):
