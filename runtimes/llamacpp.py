@@ -61,7 +61,8 @@ class LlamaCppEngine(BaseEngine):
     def _eval_batch(self, work: dict[int, list[int]]) -> dict[int, np.ndarray]:
         rows = [(seq, self.n_tokens(seq) + i, token) for seq, tokens in work.items() for i, token in enumerate(tokens)]
         with self._rollback_on_error(work):
-            logits = np.concatenate([self._decode(rows[i : i + self.n_batch]) for i in range(0, len(rows), self.n_batch)])
+            chunks = [self._decode(rows[i : i + self.n_batch]) for i in range(0, len(rows), self.n_batch)]
+        logits = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)  # decode steps: no second copy
         out, start = {}, 0
         for seq, tokens in work.items():
             out[seq] = logits[start : start + len(tokens)]
