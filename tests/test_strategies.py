@@ -155,3 +155,16 @@ def test_checker_verifier_wraps_any_callable():
 
     verifier = CheckerVerifier(lambda prompt, text: text.endswith("4"))
     assert verifier.score("What is 2+2?", ["Answer: 4", "Answer: 5"]) == [1.0, 0.0]
+
+
+def test_generative_verifier_batched_scores_match_one_at_a_time_on_the_torch_engine(tiny_model):
+    from edgetts.runtimes import load
+    from edgetts.verifiers import GenerativeVerifier
+
+    engine = load(tiny_model("llama"), runtime="torch", n_seq_max=8)
+    verifier = GenerativeVerifier(engine, prefix="{prompt}", suffix="{candidate}\nAnswer: ", yes="1", no="0")
+    candidates = ["\n2+2=4\nAnswer: 4", "\n2+2=5\nAnswer: 5", "\n2*2=4, 4+0=4\nAnswer: 4"]
+    batched = verifier.score("What is 2+2?", candidates)
+    alone = [verifier.score("What is 2+2?", [c])[0] for c in candidates]
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(s, 6) for s in batched)) == 3 and engine.sequences() == []
