@@ -64,7 +64,7 @@ def export_cmd(
     model: str = typer.Argument(..., help="A local Hugging Face folder (or a hub id when online)."),
     out: str = typer.Option(..., "--out", "-o", help="Output: a .gguf file, or a folder for ONNX."),
     format: str = typer.Option("gguf", "--format", "-f", help="gguf (llama.cpp) or onnx (ONNX Runtime)."),
-    quant: str = typer.Option(None, "--quant", "-q", help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q4_k_m q4_0; onnx: fp32 fp16 int8 int4."),
+    quant: str = typer.Option(None, "--quant", "-q", help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q4_k_m q4_0; onnx: fp32 fp16 int8 int4 (default; options as int4:block_size=32,accuracy_level=4)."),
     layers: int = typer.Option(None, "--layers", help="Keep only the first K layers (+ final norm + LM head): an early-exit drafter."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
