@@ -38,7 +38,7 @@ class DraftPolicy:
     """How many tokens to draft next (0 = a plain step), from what was measured so far.
 
     - Draft length: the onnxruntime-genai rule: acceptance EWMA < 50 % shortens the draft by one,
-      >= 75 % lengthens it, within [k_min, k_max].
+      >= 75 % lengthens it, within [k_min, k_max]. It starts at 1, the cheapest probe.
     - Off-switch: the first `warmup` steps are plain, to time plain decoding. After `probe_rounds`
       speculative rounds, whenever seconds per committed token exceed plain decoding's, speculation
       stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again
@@ -48,8 +48,8 @@ class DraftPolicy:
     device (draft length, a switched-off drafter's cooldown) carries over to the next request.
     """
 
-    def __init__(self, k: int = 3, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, probe_rounds: int = 2, cooldown: int = 16):
+    def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
+                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
         self.k, self.k_min, self.k_max = k, k_min, k_max
@@ -182,11 +182,14 @@ def speculative_generate_step(target: Engine, drafter, prompt: Sequence[int], sa
     try:
         token, logprob = sampler(target.eval(seq, history)[-1], history)
         history.append(token)
-        drafter.prepare(history)
         yield token, logprob, False
+        behind = True  # the drafter has not seen the latest tokens (at the start, and after plain steps)
         while True:
-            start = time.perf_counter()
             k = _draft_budget(target, seq, policy.draft_length(), limit, len(history) - len(prompt))
+            if k and behind:
+                drafter.prepare(history)  # catch up outside the timed round: a probe is judged on its rounds
+            behind = not k
+            start = time.perf_counter()
             drafts, qs = drafter.propose(history, k, sampler) if k else ([], [])
             committed = _round(target, seq, history, drafts, qs, sampler)
             if k:
