@@ -22,6 +22,10 @@ from edgetts.profile import DeviceProfile, load_profile, measure_profile, profil
 from edgetts.verifiers import CheckerVerifier, GenerativeVerifier
 
 N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
+# The embedded models are ~1 M parameters: a decode step is microseconds of work, so a second
+# thread only adds synchronisation, and on a busy machine llama.cpp's spinning thread pool stalls
+# (measured on the 2-core build VM at load 6: greedy 0.06 s with 1 thread, 0.3-31 s with 2).
+EMBEDDED_THREADS = 1
 EMBEDDED = "embedded"
 SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the dev split
 
@@ -64,7 +68,8 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
 
     fmt = "onnx" if runtime == "onnxruntime" else "gguf"
     start = time.perf_counter()
-    engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max)
+    engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max,
+                  n_threads=EMBEDDED_THREADS)
     load_seconds = time.perf_counter() - start
     verifiers = {"steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps")}
     judge = _optional_builtin("verifier", fmt, runtime, n_seq_max)
@@ -90,7 +95,7 @@ def _optional_builtin(name: str, fmt: str, runtime: str | None, n_seq_max: int):
     from edgetts.runtimes import load
 
     try:
-        return load(embedded.artifact(name, fmt), runtime=runtime, n_seq_max=n_seq_max)
+        return load(embedded.artifact(name, fmt), runtime=runtime, n_seq_max=n_seq_max, n_threads=EMBEDDED_THREADS)
     except ModelNotFoundError:
         return None
 
