@@ -54,6 +54,11 @@ class Record:
     prompt_tokens: int
     greedy: Sample
     samples: list[Sample]
+    difficulty: float | None = None  # the task's difficulty feature; None: prompt tokens stand in
+
+
+def difficulty_of(record: Record) -> float:
+    return record.prompt_tokens if record.difficulty is None else record.difficulty
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class Calibration:
     temperature: float
     bin_edges: list[float]  # prompt-token thresholds between difficulty bins
     plans: dict[str, PlanStats]
-    length_model: dict[str, float]  # mean tokens = intercept + slope * prompt_tokens (samples and greedy)
+    length_model: dict[str, float]  # mean tokens = intercept + slope * difficulty (samples and greedy)
     order_stats: dict[str, list[float]]  # N -> E[sorted lengths / mean length], ascending
     coverage: dict[str, object] = field(default_factory=dict)
     verifiers: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -116,19 +121,20 @@ class Calibration:
     def keys(self) -> list[PlanKey]:
         return [PlanKey.decode(k) for k in self.plans]
 
-    def bin_of(self, prompt_tokens: int) -> int:
-        return sum(prompt_tokens > edge for edge in self.bin_edges)
+    def bin_of(self, difficulty: float) -> int:
+        return sum(difficulty > edge for edge in self.bin_edges)
 
-    def accuracy(self, key: PlanKey, prompt_tokens: int | None = None) -> float:
+    def accuracy(self, key: PlanKey, difficulty: float | None = None) -> float:
+        """Expected accuracy of a plan, for a request of this difficulty (its bin) or overall."""
         stats = self.plans[key.encode()]
-        if prompt_tokens is None or not stats.by_bin:
+        if difficulty is None or not stats.by_bin:
             return stats.accuracy
-        return stats.by_bin[min(self.bin_of(prompt_tokens), len(stats.by_bin) - 1)]
+        return stats.by_bin[min(self.bin_of(difficulty), len(stats.by_bin) - 1)]
 
-    def mean_length(self, prompt_tokens: int, greedy: bool = False) -> float:
+    def mean_length(self, difficulty: float, greedy: bool = False) -> float:
         m = self.length_model
         which = "greedy" if greedy else "sample"
-        return max(m[f"{which}_intercept"] + m[f"{which}_slope"] * prompt_tokens, 1.0)
+        return max(m[f"{which}_intercept"] + m[f"{which}_slope"] * difficulty, 1.0)
 
     def order(self, n: int) -> list[float]:
         if str(n) in self.order_stats:
@@ -238,8 +244,8 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
     rng = random.Random(seed)
     verifier_stats = {v: verifier_quality(records, v) for v in verifiers}
     accept = {v: s["accept_threshold"] for v, s in verifier_stats.items()}
-    edges = _bin_edges([r.prompt_tokens for r in records], n_bins)
-    bins = [sum(r.prompt_tokens > e for e in edges) for r in records]
+    edges = _bin_edges([difficulty_of(r) for r in records], n_bins)
+    bins = [sum(difficulty_of(r) > e for e in edges) for r in records]
     grid = plan_grid(list(verifiers), n)
     per_problem = []
     for i, record in enumerate(records):
@@ -345,7 +351,7 @@ def accept_threshold(negatives: Sequence[float], max_fpr: float) -> float:
 
 
 def length_model(records: Sequence[Record]) -> dict[str, float]:
-    xs = [r.prompt_tokens for r in records]
+    xs = [difficulty_of(r) for r in records]
     out = {}
     for which, ys in (("sample", [statistics.fmean(s.length for s in r.samples) for r in records]),
                       ("greedy", [r.greedy.length for r in records])):
@@ -412,8 +418,12 @@ def prior(model: str = "", verifiers: Sequence[str] = (), n_max: int = 16) -> Ca
 
 def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature: float, max_tokens: int,
             is_correct: Callable[[str | None, str], bool], verifiers: dict | None = None,
-            extract=None, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> list[Record]:
-    """For each (prompt, truth): one greedy answer and n samples, scored by every verifier."""
+            extract=None, seed: int = 0, difficulty: Callable[[str], float] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> list[Record]:
+    """For each (prompt, truth): one greedy answer and n samples, scored by every verifier.
+
+    `difficulty(prompt)`: a task feature that predicts answer length (default: prompt tokens).
+    """
     from edgetts.generate import prompt_tokens, sample_n
     from edgetts.strategies import extract_answer
     from edgetts.types import SamplingParams
@@ -432,7 +442,8 @@ def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature:
         scores = {name: v.score(prompt, [c.text for c in drawn]) for name, v in verifiers.items()}
         samples = [_sample(c, extract, is_correct, truth, {k: s[j] for k, s in scores.items()})
                    for j, c in enumerate(drawn)]
-        records.append(Record(prompt, truth, len(ids), _sample(greedy, extract, is_correct, truth, {}), samples))
+        records.append(Record(prompt, truth, len(ids), _sample(greedy, extract, is_correct, truth, {}), samples,
+                              difficulty(prompt) if difficulty else None))
         if progress:
             progress(i + 1, len(problems))
     return records

@@ -92,20 +92,22 @@ class CostModel:
             done = max(done, length)
         return total
 
-    def wave_s(self, prompt_tokens: int, key: PlanKey, max_tokens: int, draft: bool = False) -> float:
+    def wave_s(self, prompt_tokens: int, key: PlanKey, max_tokens: int, draft: bool = False,
+               difficulty: float | None = None) -> float:
         """Seconds of one wave (prefill, batched decode, verifier), with the online corrections."""
-        prefill, decode, verify = self._parts(prompt_tokens, key.strategy == "greedy", key.wave,
+        difficulty = prompt_tokens if difficulty is None else difficulty
+        prefill, decode, verify = self._parts(prompt_tokens, difficulty, key.strategy == "greedy", key.wave,
                                               key.verifier in self.generative, max_tokens, draft)
         p = self.profile
         return prefill * p.scale("prefill") + decode * p.scale("decode") + verify * p.scale("verifier")
 
-    def _parts(self, prompt_tokens: int, greedy: bool, wave: int, generative: bool, max_tokens: int,
-               draft: bool) -> tuple[float, float, float]:
+    def _parts(self, prompt_tokens: int, difficulty: float, greedy: bool, wave: int, generative: bool,
+               max_tokens: int, draft: bool) -> tuple[float, float, float]:
         """Uncorrected seconds of a wave's parts, cached: a request re-plans from the cache in microseconds."""
-        signature = (prompt_tokens, greedy, wave, generative, max_tokens, draft)
+        signature = (prompt_tokens, difficulty, greedy, wave, generative, max_tokens, draft)
         if signature not in self._cache:
             cal, p = self.calibration, self.profile
-            mean = min(cal.mean_length(prompt_tokens, greedy=greedy), max_tokens)
+            mean = min(cal.mean_length(difficulty, greedy=greedy), max_tokens)
             lengths = [min(q * mean, max_tokens) for q in (cal.order(wave) if not greedy else [1.0])]
             decode = self.decode_s(lengths) / p.scale("decode")
             if draft and p.draft_speedup:
@@ -115,9 +117,9 @@ class CostModel:
         return self._cache[signature]
 
     def predict(self, prompt_tokens: int, key: PlanKey, waves: list[float], max_tokens: int,
-                draft: bool = False) -> tuple[float, float]:
+                draft: bool = False, difficulty: float | None = None) -> tuple[float, float]:
         """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor)."""
-        one = self.wave_s(prompt_tokens, key, max_tokens, draft) + GUARD_MARGIN_S
+        one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty) + GUARD_MARGIN_S
         n_waves = -(-key.n // key.wave)
         return one * sum(waves[:n_waves]), one * n_waves * SAFETY
 
@@ -130,10 +132,11 @@ class Controller:
     def __init__(self, engine, profile: DeviceProfile, calibration: Calibration,
                  verifiers: Mapping[str, Verifier] | None = None, *, drafter=None, extract=extract_answer,
                  log_path: str | Path | None = None, profile_path: str | Path | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, difficulty=None):
         self.engine, self.profile, self.calibration = engine, profile, calibration
         self.verifiers = dict(verifiers or {})
         self.drafter, self.extract = drafter, extract
+        self.difficulty = difficulty  # prompt -> the task feature calibration used (None: prompt tokens)
         generative = frozenset(n for n, v in self.verifiers.items() if isinstance(v, GenerativeVerifier))
         self.cost = CostModel(profile, calibration, generative)
         self.log_path = Path(log_path) if log_path else cache_dir() / "decisions.jsonl"
@@ -145,31 +148,37 @@ class Controller:
         return (not key.verifier or key.verifier in self.verifiers) and key.wave <= self.engine.info.n_seq_max
 
     # planning ---------------------------------------------------------------------------
-    def plan(self, prompt_tokens: int, budget: float, max_tokens: int | None = None) -> Plan:
-        """The most accurate calibrated plan whose worst-case predicted latency fits `budget`."""
+    def plan(self, prompt_tokens: int, budget: float, max_tokens: int | None = None,
+             difficulty: float | None = None) -> Plan:
+        """The most accurate calibrated plan whose worst-case predicted latency fits `budget`.
+
+        `difficulty`: the task's feature for this request (default: prompt tokens), which sets the
+        predicted answer length and the difficulty bin whose accuracies apply.
+        """
         if budget <= 0:
             raise ConfigError(f"budget={budget!r} is invalid: give seconds > 0 (e.g. 2 or 0.5)")
         cap = self._max_tokens(max_tokens)
+        difficulty = prompt_tokens if difficulty is None else difficulty
         best = None
         for key in self._keys:
-            plan = self._evaluate(key, prompt_tokens, cap)
+            plan = self._evaluate(key, prompt_tokens, cap, difficulty)
             if plan.worst_s <= budget and (best is None or _better(plan, best)):
                 best = plan
-        return best or self._fallback(prompt_tokens, budget, cap)
+        return best or self._fallback(prompt_tokens, budget, cap, difficulty)
 
-    def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int) -> Plan:
+    def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float) -> Plan:
         stats = self.calibration.stats(key)
         draft = key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
-        expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft)
+        expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft, difficulty)
         temperature = 0.0 if key.strategy == "greedy" else self.calibration.temperature
-        return Plan(key, cap, temperature, draft, self.calibration.accuracy(key, prompt_tokens), expected, worst)
+        return Plan(key, cap, temperature, draft, self.calibration.accuracy(key, difficulty), expected, worst)
 
-    def _fallback(self, prompt_tokens: int, budget: float, cap: int) -> Plan:
+    def _fallback(self, prompt_tokens: int, budget: float, cap: int, difficulty: float) -> Plan:
         """Nothing fits: greedy with max tokens cut to what the budget can decode."""
-        greedy = self._evaluate(PlanKey("greedy", 1, 1), prompt_tokens, cap)
+        greedy = self._evaluate(PlanKey("greedy", 1, 1), prompt_tokens, cap, difficulty)
         room = (budget / SAFETY - self.profile.prefill_s(prompt_tokens)) / self.profile.step_s(1)
         tokens = max(1, min(cap, int(room)))
-        return self._evaluate(greedy.key, prompt_tokens, tokens) if tokens < cap else greedy
+        return self._evaluate(greedy.key, prompt_tokens, tokens, difficulty) if tokens < cap else greedy
 
     def _max_tokens(self, user_cap: int | None) -> int:
         lengths = self.calibration.lengths
@@ -179,8 +188,8 @@ class Controller:
             natural = int(lengths["cap"])  # calibration samples hit their cap: longer ones were never seen
         return min(user_cap or natural, natural)
 
-    def explain(self, plan: Plan, budget: float, prompt_tokens: int) -> str:
-        greedy = self.calibration.accuracy(PlanKey("greedy", 1, 1), prompt_tokens)
+    def explain(self, plan: Plan, budget: float, difficulty: float) -> str:
+        greedy = self.calibration.accuracy(PlanKey("greedy", 1, 1), difficulty)
         stop = f", stopping early when the vote is settled (waves of {plan.key.wave})" if plan.key.adaptive else ""
         return (f"{plan.name}: expected accuracy {plan.expected_accuracy:.0%} (greedy {greedy:.0%}), predicted "
                 f"{plan.predicted_s:.2f}s (worst {plan.worst_s:.2f}s) of the {budget:.2f}s budget{stop}")
@@ -192,19 +201,20 @@ class Controller:
 
         start = time.monotonic()
         ids = prompt_tokens(self.engine.tokenizer, prompt)
-        plan = self.plan(len(ids), budget, max_tokens)
+        difficulty = self.difficulty(prompt) if self.difficulty else len(ids)
+        plan = self.plan(len(ids), budget, max_tokens, difficulty)
         decided = time.monotonic()
-        run = _Execution(self, plan, prompt, ids, deadline=start + budget)
+        run = _Execution(self, plan, prompt, ids, deadline=start + budget, difficulty=difficulty)
         run.go()
-        answer = run.answer(budget, start, (decided - start) * 1e3)
-        self._log(answer, budget, len(ids), truth)
+        answer = run.answer(budget, start, (decided - start) * 1e3, difficulty)
+        self._log(answer, budget, len(ids), difficulty, truth)
         if self.profile_path:
             save_profile(self.profile, self.profile_path)
         return answer
 
-    def _log(self, answer: Answer, budget: float, n_prompt: int, truth: str | None) -> None:
-        entry = {"time": time.time(), "features": {"prompt_tokens": n_prompt,
-                                                   "difficulty_bin": self.calibration.bin_of(n_prompt)},
+    def _log(self, answer: Answer, budget: float, n_prompt: int, difficulty: float, truth: str | None) -> None:
+        entry = {"time": time.time(), "features": {"prompt_tokens": n_prompt, "difficulty": difficulty,
+                                                   "difficulty_bin": self.calibration.bin_of(difficulty)},
                  "budget_s": budget, **answer.to_dict(),
                  "outcome": None if truth is None else answer.answer == truth,
                  "profile_log_ratio": dict(self.profile.log_ratio)}
@@ -224,8 +234,10 @@ def _better(a: Plan, b: Plan) -> bool:
 class _Execution:
     """One plan running against a deadline: waves, stopping rules, verifier, guard."""
 
-    def __init__(self, controller: Controller, plan: Plan, prompt: str, ids: list[int], deadline: float):
+    def __init__(self, controller: Controller, plan: Plan, prompt: str, ids: list[int], deadline: float,
+                 difficulty: float | None = None):
         self.c, self.plan, self.prompt, self.ids, self.deadline = controller, plan, prompt, ids, deadline
+        self.difficulty = difficulty
         self.completions: list[Completion] = []
         self.scores: list[float] = []
         self.verified = True  # every drawn sample has a score
@@ -250,7 +262,7 @@ class _Execution:
 
     def _wave_fits(self, size: int) -> bool:
         wave = PlanKey(self.plan.key.strategy, size, size, self.plan.key.verifier)
-        need = self.c.cost.wave_s(len(self.ids), wave, self.plan.max_tokens)
+        need = self.c.cost.wave_s(len(self.ids), wave, self.plan.max_tokens, difficulty=self.difficulty)
         return time.monotonic() + need + GUARD_MARGIN_S <= self.deadline
 
     def _draw(self, size: int) -> None:
@@ -332,11 +344,11 @@ class _Execution:
         scores = self.scores if strategy in NEEDS_SCORES else None
         return aggregate(strategy, self.completions, scores, extract=self.c.extract), strategy
 
-    def answer(self, budget: float, start: float, decision_ms: float) -> Answer:
+    def answer(self, budget: float, start: float, decision_ms: float, difficulty: float) -> Answer:
         choice, used = self.choice()
         text = self.completions[choice.index].text if choice.index >= 0 else ""
         latency = time.monotonic() - start
-        explanation = self.c.explain(self.plan, budget, len(self.ids))
+        explanation = self.c.explain(self.plan, budget, difficulty)
         if used != self.plan.key.strategy and self.plan.key.strategy != "greedy":
             explanation += f"; verifier skipped by the deadline guard, used {used}"
         truncated = any(c.finish_reason == "deadline" for c in self.completions)

@@ -93,7 +93,7 @@ def test_adaptive_plans_draw_fewer_waves_at_similar_accuracy(calibration):
 def test_difficulty_bins_separate_easy_from_hard(calibration):
     key = PlanKey("majority", 4, 4)
     assert len(calibration.bin_edges) == 2
-    assert calibration.accuracy(key, prompt_tokens=9) > calibration.accuracy(key, prompt_tokens=29)
+    assert calibration.accuracy(key, difficulty=9) > calibration.accuracy(key, difficulty=29)
 
 
 def test_length_model_and_order_statistics(calibration):
@@ -152,3 +152,12 @@ def test_rescore_adds_a_verifier_to_stored_samples():
                       is_correct=lambda a, t: a == t)
     rescore(records, {"is4": CheckerVerifier(lambda p, text: text.strip() == "4")})
     assert all(s.scores["is4"] == float(s.correct) for s in records[0].samples)
+
+
+def test_a_task_difficulty_feature_replaces_prompt_tokens():
+    records = synthetic(20)
+    for r in records:  # a feature that tracks answer length exactly: length = 2 * tokens (+-3)
+        r.difficulty, r.prompt_tokens = 2.0 * r.prompt_tokens, 5
+    cal = fit(records, task="t", model="m", temperature=0.7, draws=4)
+    assert cal.mean_length(40) == pytest.approx(40, abs=2)
+    assert cal.bin_edges and min(cal.bin_edges) > 5

@@ -100,7 +100,7 @@ def test_solve_answers_within_budget_and_logs_the_decision(controller, tmp_path)
     entry = json.loads((tmp_path / "decisions.jsonl").read_text().splitlines()[-1])
     assert entry["outcome"] is True and entry["plan"]["name"] == answer.plan.name
     assert {"features", "predicted_latency_s", "latency_s", "budget_s", "answer"} <= set(entry)
-    assert entry["features"]["prompt_tokens"] == 11
+    assert entry["features"]["prompt_tokens"] == 11 and entry["features"]["difficulty"] == 11
 
 
 def test_adaptive_plan_stops_when_the_vote_is_settled(controller, calibration):
@@ -108,7 +108,7 @@ def test_adaptive_plan_stops_when_the_vote_is_settled(controller, calibration):
     key = PlanKey("majority", 16, 4)
     from edgetts.controller import _Execution
 
-    plan = c._evaluate(key, 11, 24)
+    plan = c._evaluate(key, 11, 24, 11)
     ids = c.engine.tokenizer.encode("What is 2?")
     run = _Execution(c, plan, "What is 2?", ids, deadline=time.monotonic() + 5)
     run.go()
