@@ -9,12 +9,14 @@ with `edgetts export --format onnx` into --root; then, one engine loaded at a ti
 - optimum:  ORTModelForCausalLM.generate on the same folder;
 - N = 8:    one 64-token prompt, 64 tokens per sample: batched (prefill once, fork, 8 rows per step)
             vs 8 sequential generations (prompt KV reused by fork) and 8 independent ones (prompt re-read).
-Medians of --repeats runs after a warm-up. Writes benchmarks/results/onnxruntime_<model>.json.
+Engines are timed in interleaved rounds after a warm-up (medians of --repeats), with the same
+intra-op thread count (--threads). Writes benchmarks/results/onnxruntime_<model>.json and a .png.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -29,56 +31,67 @@ RESULTS = Path(__file__).parent / "results"
 GOALS = {"vs_genai": 0.9, "vs_optimum": 2.0, "batched_vs_sequential": 0.5}
 
 
-def timed(fn, repeats: int) -> dict:
-    fn()  # warm-up: first-run allocations and kernel selection
-    runs = [fn() for _ in range(repeats)]
+def stats(runs: list[float]) -> dict:
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs), "runs": runs}
+
+
+def interleaved(runners: dict, repeats: int) -> dict:
+    """Warm each engine up, then time them in rounds (ours, genai, optimum, ours, ...), so a change
+    in the machine's load during the run hits every engine alike."""
+    for run in runners.values():
+        run()
+    runs: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            runs[name].append(run())
+    return {name: stats(r) for name, r in runs.items()}
 
 
 def prompt_ids(n: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(0).integers(10, 300, n)]
 
 
-# --- engines --------------------------------------------------------------------------------
+# --- engines: each returns a run() -> decode tokens/s -------------------------------------------
 
-def ours_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+def ours_decode(folder: Path, prompt: list[int], steps: int, threads: int):
     from edgetts.runtimes.onnxruntime import OnnxEngine
 
-    with OnnxEngine(folder, device="cpu", n_seq_max=16) as engine:
-        def run() -> float:
-            engine.release(0)
-            token = int(np.argmax(engine.eval(0, prompt)[-1]))
-            start = time.perf_counter()
-            for _ in range(steps):
-                token = int(np.argmax(engine.eval(0, [token])[-1]))
-            return steps / (time.perf_counter() - start)
+    engine = OnnxEngine(folder, device="cpu", n_seq_max=16, n_threads=threads)
 
-        return timed(run, repeats)
+    def run() -> float:
+        engine.release(0)
+        token = int(np.argmax(engine.eval(0, prompt)[-1]))
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = int(np.argmax(engine.eval(0, [token])[-1]))
+        return steps / (time.perf_counter() - start)
+
+    return run
 
 
-def genai_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+def genai_decode(folder: Path, prompt: list[int], steps: int, threads: int):
     import onnxruntime  # noqa: F401  onnxruntime-genai loads the library this import provides
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
+    config = og.Config(str(folder))  # its own default here was 1 intra-op thread: set it like the others
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(config)
 
     def run() -> float:
         params = og.GeneratorParams(model)
         length = len(prompt) + steps + 1
         params.set_search_options(max_length=length, min_length=length, do_sample=False)
         generator = og.Generator(model, params)
-        generator.append_tokens(prompt)  # prefill, and the first token
+        generator.append_tokens(prompt)  # prefill
         start = time.perf_counter()
         for _ in range(steps):
             generator.generate_next_token()
         return steps / (time.perf_counter() - start)
 
-    result = timed(run, repeats)
-    del model
-    return result
+    return run
 
 
-def optimum_decode(folder: Path, prompt: list[int], steps: int, repeats: int) -> dict:
+def optimum_decode(folder: Path, prompt: list[int], steps: int, threads: int):
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -86,7 +99,7 @@ def optimum_decode(folder: Path, prompt: list[int], steps: int, repeats: int) ->
 
     # The same session options as our engine (threads sleep between ops), so the ratio measures the
     # engines, not ONNX Runtime's spin policy.
-    model = ORTModelForCausalLM.from_pretrained(folder, session_options=default_session_options())
+    model = ORTModelForCausalLM.from_pretrained(folder, session_options=default_session_options(threads))
     ids = torch.tensor([prompt])
 
     def generate(n: int) -> float:
@@ -97,12 +110,10 @@ def optimum_decode(folder: Path, prompt: list[int], steps: int, repeats: int) ->
     def run() -> float:  # generate() has no step hook: decode time = time(1 + steps tokens) - time(1 token)
         return steps / (generate(steps + 1) - generate(1))
 
-    result = timed(run, repeats)
-    del model
-    return result
+    return run
 
 
-def batch_vs_sequential(folder: Path, n: int, prompt_len: int, steps: int, repeats: int) -> dict:
+def batch_vs_sequential(folder: Path, n: int, prompt_len: int, steps: int, repeats: int, threads: int) -> dict:
     from edgetts.runtimes.onnxruntime import OnnxEngine
 
     prompt = prompt_ids(prompt_len)
@@ -112,7 +123,7 @@ def batch_vs_sequential(folder: Path, n: int, prompt_len: int, steps: int, repea
         top = np.argpartition(logits, -8)[-8:]
         return int(rng.choice(top))
 
-    with OnnxEngine(folder, device="cpu", n_seq_max=n + 1) as engine:
+    with OnnxEngine(folder, device="cpu", n_seq_max=n + 1, n_threads=threads) as engine:
         def batched() -> float:
             start = time.perf_counter()
             _reset(engine, n + 1)
@@ -140,10 +151,12 @@ def batch_vs_sequential(folder: Path, n: int, prompt_len: int, steps: int, repea
                 engine.release(s)
             return time.perf_counter() - start
 
+        engine.eval_batch({s: prompt[:8] for s in range(n)})  # warm-up: kernels for 8-row and 1-row shapes
+        engine.eval(n, prompt[:8])
         out = {"n": n, "prompt_tokens": prompt_len, "tokens_per_sample": steps,
-               "batched_s": timed(batched, repeats),
-               "sequential_prompt_reused_s": timed(lambda: sequential(True), repeats),
-               "sequential_prompt_reread_s": timed(lambda: sequential(False), repeats)}
+               "batched_s": stats([batched() for _ in range(repeats)]),
+               "sequential_prompt_reused_s": stats([sequential(True) for _ in range(repeats)]),
+               "sequential_prompt_reread_s": stats([sequential(False) for _ in range(repeats)])}
     b = out["batched_s"]["median"]
     out["ratio_vs_sequential_prompt_reused"] = b / out["sequential_prompt_reused_s"]["median"]
     out["ratio_vs_sequential_prompt_reread"] = b / out["sequential_prompt_reread_s"]["median"]
@@ -173,18 +186,25 @@ def bench_quant(root: Path, model: str, quant: str, args) -> dict:
     manifest = json.loads((folder / "manifest.json").read_text())
     prompt = prompt_ids(args.prompt)
     row = {"quant": manifest["quant"], "size_mb": round(manifest["size_bytes"] / 1e6, 1),
-           "bits_per_weight": manifest["bits_per_weight"], "parity": manifest["parity"]}
-    for name, fn in (("ours", ours_decode), ("genai", genai_decode), ("optimum", optimum_decode)):
-        print(f"[{quant}] {name} decode ...", file=sys.stderr, flush=True)
-        row[f"{name}_tok_s"] = fn(folder, prompt, args.decode, args.repeats)
-    ours = row["ours_tok_s"]["median"]
-    row["ratio_vs_genai"] = ours / row["genai_tok_s"]["median"]
-    row["ratio_vs_optimum"] = ours / row["optimum_tok_s"]["median"]
-    print(f"[{quant}] N={args.n} batched vs sequential ...", file=sys.stderr, flush=True)
-    row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.batch_repeats)
+           "bits_per_weight": manifest["bits_per_weight"], "parity": manifest["parity"], "threads": {}}
+    for threads in args.threads:
+        print(f"[{quant}, {threads} threads] decode: ours, genai, optimum interleaved ...", file=sys.stderr, flush=True)
+        runners = {name: fn(folder, prompt, args.decode, threads)
+                   for name, fn in (("ours", ours_decode), ("genai", genai_decode), ("optimum", optimum_decode))}
+        figures = {f"{name}_tok_s": f for name, f in interleaved(runners, args.repeats).items()}
+        del runners
+        gc.collect()  # free the three sessions before the next ones load
+        ours = figures["ours_tok_s"]["median"]
+        figures["ratio_vs_genai"] = ours / figures["genai_tok_s"]["median"]
+        figures["ratio_vs_optimum"] = ours / figures["optimum_tok_s"]["median"]
+        row["threads"][threads] = figures
+    threads = args.threads[0]
+    print(f"[{quant}, {threads} threads] N={args.n} batched vs sequential ...", file=sys.stderr, flush=True)
+    row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.batch_repeats, threads)
+    row["batch"]["threads"] = threads
     row["goals_met"] = {
-        "vs_genai": row["ratio_vs_genai"] >= GOALS["vs_genai"],
-        "vs_optimum": row["ratio_vs_optimum"] >= GOALS["vs_optimum"],
+        "vs_genai": all(f["ratio_vs_genai"] >= GOALS["vs_genai"] for f in row["threads"].values()),
+        "vs_optimum": all(f["ratio_vs_optimum"] >= GOALS["vs_optimum"] for f in row["threads"].values()),
         "batched_vs_sequential": row["batch"]["ratio_vs_sequential_prompt_reused"] <= GOALS["batched_vs_sequential"],
     }
     return row
@@ -198,7 +218,8 @@ def machine() -> dict:
     return {"cpu": cpu_info(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "onnxruntime_genai": _version("onnxruntime-genai"), "optimum_onnx": _version("optimum-onnx"),
             "load_average_at_start": os.getloadavg(),
-            "threads": "onnxruntime default (all cores) for all three; ours and optimum with spinning off"}
+            "threads": "--threads intra-op threads for all three; ours and optimum with spinning off, "
+                       "onnxruntime-genai with its default (spinning on)"}
 
 
 def _version(dist: str) -> str | None:
@@ -220,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--batch-prompt", type=int, default=64)
     parser.add_argument("--batch-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="intra-op threads, same for all engines")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per decode figure (after a warm-up)")
     parser.add_argument("--batch-repeats", type=int, default=2, help="timed runs per N-sample figure")
     parser.add_argument("--out", type=Path, default=None)
@@ -248,14 +270,15 @@ def plot(result: dict, path: Path) -> None:
 
     quants = list(result["quants"])
     fig, (speed, batch) = plt.subplots(1, 2, figsize=(10, 4))
+    threads = result["settings"]["threads"][0]
     for i, engine in enumerate(("ours", "genai", "optimum")):
-        rows = [result["quants"][q][f"{engine}_tok_s"] for q in quants]
+        rows = [result["quants"][q]["threads"][threads][f"{engine}_tok_s"] for q in quants]
         med = [r["median"] for r in rows]
         err = [[m - r["min"] for m, r in zip(med, rows)], [r["max"] - m for m, r in zip(med, rows)]]
         speed.bar(np.arange(len(quants)) + (i - 1) * 0.27, med, 0.27, yerr=err, label=engine)
     speed.set_xticks(range(len(quants)), quants)
     speed.set_ylabel("decode tokens/s")
-    speed.set_title(result["model"].split(" (")[0] + ": decode")
+    speed.set_title(result["model"].split(" (")[0] + f": decode, {threads} threads")
     speed.legend()
     for i, key in enumerate(("batched_s", "sequential_prompt_reused_s", "sequential_prompt_reread_s")):
         med = [result["quants"][q]["batch"][key]["median"] for q in quants]
@@ -269,13 +292,16 @@ def plot(result: dict, path: Path) -> None:
 
 
 def summary(result: dict) -> str:
-    lines = ["quant | ours tok/s | genai tok/s | ours/genai | optimum tok/s | ours/optimum | N=8 batched/sequential"]
+    lines = ["quant | threads | ours tok/s | genai tok/s | ours/genai | optimum tok/s | ours/optimum"]
+    for quant, row in result["quants"].items():
+        for threads, f in row["threads"].items():
+            lines.append(f"{quant} | {threads} | {f['ours_tok_s']['median']:.1f} | {f['genai_tok_s']['median']:.1f} | "
+                         f"{f['ratio_vs_genai']:.2f} | {f['optimum_tok_s']['median']:.1f} | {f['ratio_vs_optimum']:.2f}")
     for quant, row in result["quants"].items():
         b = row["batch"]
-        lines.append(f"{quant} | {row['ours_tok_s']['median']:.1f} | {row['genai_tok_s']['median']:.1f} | "
-                     f"{row['ratio_vs_genai']:.2f} | {row['optimum_tok_s']['median']:.1f} | {row['ratio_vs_optimum']:.2f} | "
-                     f"{b['batched_s']['median']:.2f}s / {b['sequential_prompt_reused_s']['median']:.2f}s = "
-                     f"{b['ratio_vs_sequential_prompt_reused']:.2f}")
+        lines.append(f"{quant}: N={b['n']} batched {b['batched_s']['median']:.2f}s vs sequential "
+                     f"{b['sequential_prompt_reused_s']['median']:.2f}s (prompt reused) = {b['ratio_vs_sequential_prompt_reused']:.2f}, "
+                     f"{b['sequential_prompt_reread_s']['median']:.2f}s (re-read) = {b['ratio_vs_sequential_prompt_reread']:.2f}")
     return "\n".join(lines)
 
 
