@@ -104,7 +104,9 @@ class CostModel:
     def _parts(self, prompt_tokens: int, difficulty: float, greedy: bool, wave: int, generative: bool,
                max_tokens: int, draft: bool) -> tuple[float, float, float]:
         """Uncorrected seconds of a wave's parts, cached: a request re-plans from the cache in microseconds."""
-        signature = (prompt_tokens, difficulty, greedy, wave, generative, max_tokens, draft)
+        # the per-batch decode corrections change the curve's shape, so they key the cache too
+        signature = (prompt_tokens, difficulty, greedy, wave, generative, max_tokens, draft,
+                     tuple(self.profile.decode_by_batch))
         if signature not in self._cache:
             cal, p = self.calibration, self.profile
             mean = min(cal.mean_length(difficulty, greedy=greedy), max_tokens)
@@ -310,7 +312,7 @@ class _Execution:
         """Compare the wave's time with the profile's prediction for the lengths that really came out
         (samples cut by the guard count with the tokens they reached)."""
         predicted = self.c.profile.prefill_s(len(self.ids)) + self.c.cost.decode_s([len(c.tokens) for c in new])
-        self.c.profile.observe("decode", predicted, actual)
+        self.c.profile.observe("decode", predicted, actual, batch=len(new))
 
     def _score(self, new: list[Completion]) -> None:
         name = self.plan.key.verifier

@@ -69,6 +69,7 @@ class DeviceProfile:
     alpha: float = 0.25
     log_ratio: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
     observations: int = 0
+    decode_by_batch: list[float] = field(default_factory=list)  # per batch-table entry, like log_ratio
 
     def __post_init__(self) -> None:
         if len(self.batch) != len(self.step_seconds) or not self.batch:
@@ -78,6 +79,9 @@ class DeviceProfile:
             raise ConfigError(f"profile {self.name!r}: decode.batch must be increasing sizes >= 1, got {self.batch}")
         if any(s <= 0 for s in self.step_seconds):
             raise ConfigError(f"profile {self.name!r}: decode.step_seconds must all be > 0, got {self.step_seconds}")
+        self.decode_by_batch = list(self.decode_by_batch) or [0.0] * len(self.batch)
+        if len(self.decode_by_batch) != len(self.batch):
+            raise ConfigError(f"profile {self.name!r}: online.decode_by_batch needs one entry per decode.batch size")
 
     # predictions ------------------------------------------------------------------------
     def scale(self, component: str) -> float:
@@ -89,7 +93,8 @@ class DeviceProfile:
 
     def step_s(self, n: float) -> float:
         """One decode step with `n` live sequences: piecewise linear in n, linear beyond the table."""
-        return _interpolate(self.batch, self.step_seconds, max(n, 1.0)) * self.scale("decode")
+        steps = [s * math.exp(g) for s, g in zip(self.step_seconds, self.decode_by_batch)]
+        return _interpolate(self.batch, steps, max(n, 1.0)) * self.scale("decode")
 
     def verify_s(self, n_candidates: int) -> float:
         if self.verifier_fixed is None or n_candidates <= 0:
@@ -102,24 +107,40 @@ class DeviceProfile:
         return self.verifier_fixed is not None
 
     # online update (RESEARCH.md §2.3) ---------------------------------------------------
-    def observe(self, component: str, predicted: float, actual: float) -> None:
+    def observe(self, component: str, predicted: float, actual: float, batch: int | None = None) -> None:
         """Fold one measured/predicted ratio into the component's moving average of ln(ratio).
 
         `predicted` must be the profile's own prediction (already scaled), so the average tracks the
-        ratio to the raw measurement.
+        ratio to the raw measurement. For "decode", pass the `batch` size observed: the correction is
+        then kept per entry of the batch table (a busy machine slows large batches more than small).
         """
         if component not in COMPONENTS:
             raise ConfigError(f"unknown profile component {component!r}; valid: {', '.join(COMPONENTS)}")
         if predicted <= 0 or actual <= 0:
             return
-        g = self.log_ratio.get(component, 0.0)
-        self.log_ratio[component] = g + self.alpha * math.log(actual / predicted)
+        step = self.alpha * math.log(actual / predicted)
+        if component == "decode" and batch is not None:
+            for i, weight in _bracket(self.batch, batch):
+                self.decode_by_batch[i] += weight * step
+        else:
+            self.log_ratio[component] = self.log_ratio.get(component, 0.0) + step
         self.observations += 1
 
     def speed_summary(self) -> str:
         return (f"prefill {self.prefill_per_token * 1e3:.2f} ms/token, decode step "
                 f"{self.step_s(1) * 1e3:.1f} ms at n=1 and {self.step_s(self.batch[-1]) * 1e3:.1f} ms at "
                 f"n={self.batch[-1]}")
+
+
+def _bracket(xs: Sequence[float], x: float) -> list[tuple[int, float]]:
+    """(index, weight) of the table entries that linear interpolation at x uses."""
+    if x <= xs[0]:
+        return [(0, 1.0)]
+    for i in range(len(xs) - 1):
+        if x <= xs[i + 1]:
+            w = (x - xs[i]) / (xs[i + 1] - xs[i])
+            return [(i, 1.0 - w), (i + 1, w)]
+    return [(len(xs) - 1, 1.0)]
 
 
 def _interpolate(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
@@ -150,7 +171,8 @@ SCHEMA: dict[str, dict[str, tuple[str, type | tuple, bool]]] = {
     "draft": {"acceptance": ("draft_acceptance", float, True), "speedup": ("draft_speedup", float, True)},
     "load": {"seconds": ("load_seconds", float, True)},
     "online": {"alpha": ("alpha", float, False), "observations": ("observations", int, False),
-               **{c: ("", float, False) for c in COMPONENTS}},
+               **{c: ("", float, False) for c in COMPONENTS},
+               "decode_by_batch": ("decode_by_batch", list, False)},
 }
 OPTIONAL_SECTIONS = {"verifier", "draft", "online"}
 SOURCES = ("measured", "estimate")
@@ -182,6 +204,9 @@ def from_toml_dict(data: dict, origin: str = "profile") -> DeviceProfile:
     kwargs["log_ratio"] = {c: float(online.get(c, 0.0)) for c in COMPONENTS}
     kwargs["batch"] = [int(_typed(b, int, f"{origin}: decode.batch")) for b in kwargs["batch"]]
     kwargs["step_seconds"] = [_typed(s, float, f"{origin}: decode.step_seconds") for s in kwargs["step_seconds"]]
+    if "decode_by_batch" in kwargs:
+        kwargs["decode_by_batch"] = [_typed(g, float, f"{origin}: online.decode_by_batch")
+                                     for g in kwargs["decode_by_batch"]]
     try:
         return DeviceProfile(**kwargs)
     except ConfigError as exc:
