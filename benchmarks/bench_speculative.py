@@ -5,9 +5,10 @@
 
 Per family and drafter: speedup of end-to-end greedy generation (prefill included) over plain
 decoding, absolute tokens/s of both, acceptance rate, mean drafts kept per target pass, and
-whether the output equals plain greedy decoding token for token. Each drafter runs twice: with
-the automatic off-switch (the default) and with it disabled, which shows where speculation
-would hurt and what the switch saves. Plain and speculative runs are interleaved, and medians
+whether the output equals plain greedy decoding token for token. Each drafter runs three ways
+(MODES): with the automatic off-switch fresh per request, with the drafter's policy kept across
+requests, and with the switch disabled, which shows where speculation would hurt and what the
+switch saves. Plain and speculative runs are interleaved, and medians
 over repeats are reported, because this machine is shared.
 
 Families (llama.cpp engine, GGUF):
@@ -32,6 +33,9 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "speculative.json"
 BENCH_ROOT = Path("/tmp/edgetts-bench")
+# "switch": a fresh policy per request (what one `edgetts run` process gets); "switch-warm": the
+# drafter's own policy, kept across requests (a server); "no-switch": speculation always on.
+MODES = {"switch": dict(auto_off=True), "switch-warm": {}, "no-switch": dict(auto_off=False)}
 SHAPE_PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n",
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
@@ -45,8 +49,9 @@ def embedded_family(threads: int, layers: list[int]) -> dict:
 
     target_path = embedded.artifact("generator", "gguf")
     open_engine = lambda path: LlamaCppEngine(path, n_seq_max=1, n_ctx=1024, n_threads=threads)  # noqa: E731
-    drafters = {"draft-model": lambda: ModelDrafter(open_engine(embedded.artifact("draft", "gguf")), "draft-model"),
-                "ngram": NGramDrafter}
+    drafters = {"ngram": NGramDrafter}
+    if "draft" in {m.name for m in embedded.list_models()}:  # trained after the generator; may not be here yet
+        drafters["draft-model"] = lambda: ModelDrafter(open_engine(embedded.artifact("draft", "gguf")), "draft-model")
     for k in layers:
         drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter.for_model(target_path, k, n_seq_max=1,
                                                                             n_ctx=1024, n_threads=threads)
@@ -94,7 +99,7 @@ def measure(family: dict, tokens: int, repeats: int) -> dict:
     """Interleave plain and speculative runs per prompt; medians of the per-repeat totals."""
     engine, prompts = family["engine"], family["prompts"]
     drafters = {name: make() for name, make in family["drafters"].items()}
-    variants = [(name, auto_off) for name in drafters for auto_off in (True, False)]
+    variants = [(name, mode) for name in drafters for mode in MODES]
     timing = {key: [] for key in ["plain", *variants]}
     runs = {key: [] for key in variants}
     plain_tokens, generated = {}, 0
@@ -107,16 +112,16 @@ def measure(family: dict, tokens: int, repeats: int) -> dict:
             seconds, plain = timed_generation(engine, prompt, tokens)
             totals["plain"] += seconds
             plain_tokens[prompt] = plain.tokens
-            for name, auto_off in variants:
-                seconds, r = timed_generation(engine, prompt, tokens, drafters[name], auto_off=auto_off)
-                totals[(name, auto_off)] += seconds
-                runs[(name, auto_off)].append((prompt, r))
+            for name, mode in variants:
+                seconds, r = timed_generation(engine, prompt, tokens, drafters[name], **MODES[mode])
+                totals[(name, mode)] += seconds
+                runs[(name, mode)].append((prompt, r))
         generated = sum(len(t) for t in plain_tokens.values())
         for key, value in totals.items():
             timing[key].append(value)
     plain_s = statistics.median(timing["plain"])
-    rows = [_row(name, auto_off, statistics.median(timing[(name, auto_off)]), plain_s, generated,
-                 runs[(name, auto_off)], plain_tokens) for name, auto_off in variants]
+    rows = [_row(name, mode, statistics.median(timing[(name, mode)]), plain_s, generated,
+                 runs[(name, mode)], plain_tokens) for name, mode in variants]
     for drafter in drafters.values():
         drafter.close()
     engine.close()
@@ -124,12 +129,12 @@ def measure(family: dict, tokens: int, repeats: int) -> dict:
                 plain_s=round(plain_s, 4), plain_tok_s=round(generated / plain_s, 2), drafters=rows)
 
 
-def _row(name, auto_off, spec_s, plain_s, generated, runs, plain_tokens) -> dict:
+def _row(name, mode, spec_s, plain_s, generated, runs, plain_tokens) -> dict:
     drafted = sum(r.stats["drafted"] for _, r in runs)
     accepted = sum(r.stats["accepted"] for _, r in runs)
     rounds = sum(r.stats["rounds"] for _, r in runs)
     return dict(
-        drafter=name, auto_off=auto_off, speedup=round(plain_s / spec_s, 3), tok_s=round(generated / spec_s, 2),
+        drafter=name, mode=mode, speedup=round(plain_s / spec_s, 3), tok_s=round(generated / spec_s, 2),
         acceptance_rate=round(accepted / drafted, 4) if drafted else None,
         mean_accepted=round(accepted / rounds, 3) if rounds else None,
         tokens_per_target_pass=round((accepted + rounds) / rounds, 3) if rounds else None,
@@ -143,10 +148,10 @@ def _row(name, auto_off, spec_s, plain_s, generated, runs, plain_tokens) -> dict
 def goals(results: dict) -> dict:
     """The issue's goals, checked against what was measured."""
     def best(family, prefix):
-        rows = [r for r in results.get(family, {}).get("drafters", []) if r["drafter"].startswith(prefix) and r["auto_off"]]
+        rows = [r for r in results.get(family, {}).get("drafters", []) if r["drafter"].startswith(prefix) and r["mode"] != "no-switch"]
         return max((r["speedup"] for r in rows), default=None)
 
-    with_switch = [r["speedup"] for fam in results.values() for r in fam.get("drafters", []) if r["auto_off"]]
+    with_switch = [r["speedup"] for fam in results.values() for r in fam.get("drafters", []) if r["mode"] != "no-switch"]
     return {
         "draft_model_embedded_>=1.5x": best("embedded", "draft-model"),
         "early_exit_embedded_>=1.2x": best("embedded", "early-exit"),

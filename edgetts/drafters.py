@@ -60,14 +60,12 @@ class NGramDrafter:
 
 def lookup(context: Sequence[int], k: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
     """Up to k tokens that followed the most recent earlier match of the longest matching suffix n-gram."""
-    ctx = np.asarray(context, dtype=np.int64)
+    ctx = list(context)
     for n in range(min(max_ngram, len(ctx) - 1), min_ngram - 1, -1):
-        suffix = ctx[-n:]
-        windows = np.lib.stride_tricks.sliding_window_view(ctx[:-1], n)  # starts that end before the suffix itself
-        hits = np.flatnonzero((windows == suffix).all(axis=1))
-        if hits.size:
-            start = int(hits[-1]) + n
-            return ctx[start : start + k].tolist()
+        suffix, last = ctx[-n:], ctx[-1]
+        for end in range(len(ctx) - 2, n - 2, -1):  # a plain scan: contexts are short, numpy calls cost more
+            if ctx[end] == last and ctx[end - n + 1 : end + 1] == suffix:
+                return ctx[end + 1 : end + 1 + k]
     return []
 
 

@@ -21,6 +21,7 @@ from edgetts.tokenizer import Tokenizer
 from edgetts.types import Completion, SamplingParams
 
 Prompt = str | Sequence[int]
+DETOKENIZE_CONTEXT, DETOKENIZE_TAIL = 4, 16  # tokens of left context; tokens decoded before re-anchoring
 
 
 @dataclass
@@ -95,6 +96,7 @@ class TextTracker:
         self.text = ""  # final text once finished
         self.shown = 0  # characters already handed out
         self.finish_reason: str | None = None
+        self._anchor, self._anchor_text = 0, ""  # text of tokens[:anchor], decoded once
 
     def add(self, token: int, logprob: float) -> str:
         """Record one token; return the newly safe text. Sets finish_reason on EOS or a stop string."""
@@ -103,7 +105,7 @@ class TextTracker:
             return self._flush(self.text)
         self.tokens.append(token)
         self.logprobs.append(logprob)
-        full = self.tokenizer.decode(self.tokens)
+        full = self._decoded()
         cut = self._stop_at(full)
         if cut is not None:
             self.finish_reason = "stop"
@@ -113,6 +115,23 @@ class TextTracker:
         safe = len(full) - self._held_back(full)
         new, self.shown = full[self.shown:safe], max(self.shown, safe)
         return new
+
+    def _decoded(self) -> str:
+        """The text of every token so far, decoding only the tail: the whole list per token is quadratic.
+
+        The tail is decoded with a few tokens of left context, because tokenizers (SentencePiece's
+        leading space, split UTF-8 characters) do not decode token by token.
+        """
+        left = max(0, self._anchor - DETOKENIZE_CONTEXT)
+        head = self.tokenizer.decode(self.tokens[left : self._anchor])
+        tail = self.tokenizer.decode(self.tokens[left:])
+        if not tail.startswith(head) or head.endswith("\ufffd"):
+            full = self.tokenizer.decode(self.tokens)
+        else:
+            full = self._anchor_text + tail[len(head):]
+        if len(self.tokens) - self._anchor >= DETOKENIZE_TAIL and not full.endswith("\ufffd"):
+            self._anchor, self._anchor_text = len(self.tokens), full
+        return full
 
     def _drop_tokens_past(self, cut: int) -> None:
         """Keep only the tokens the text before a stop string needs (plus one that straddles it)."""

@@ -217,3 +217,20 @@ def test_run_refuses_draft_with_several_samples(tiny_model):
 
     with pytest.raises(ConfigError, match="--draft"):
         run("hi", tiny_model("qwen2"), draft="ngram", n=2)
+
+
+def test_incremental_detokenization_equals_decoding_everything(tiny_model):
+    from edgetts.generate import TextTracker
+    from edgetts.tokenizer import HFTokenizer
+
+    tok = HFTokenizer.from_dir(tiny_model("llama"))
+    ids = tok.encode("Zürich 日本語 🚀 What is 37*48+15? " * 8, add_special=False)
+    rng = np.random.default_rng(0)
+    ids += rng.integers(0, tok.vocab_size, 200).tolist()  # random ids split multi-byte characters too
+    tracker, shown = TextTracker(tok), ""
+    for token in ids:
+        if token in tok.eos_ids:
+            continue
+        shown += tracker.add(token, 0.0)
+    assert tracker.text == tok.decode(tracker.tokens)
+    assert tok.decode(tracker.tokens).startswith(shown)
