@@ -152,7 +152,7 @@ class OnnxEngine(BaseEngine):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self.kv.present:
-            binding.bind_output(name, self.kv_device)
+            binding.bind_output(name, self.kv_device, self.providers.device_id)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         return outputs[0].numpy(), list(outputs[1:])
@@ -180,7 +180,8 @@ class OnnxEngine(BaseEngine):
             if n:
                 block[:, row, :, width - n:] = self._stored.pop(seq)
                 mask[row, width - n:] = 1
-        past = [ort.OrtValue.ortvalue_from_numpy(block[i], self.kv_device) for i in range(n_tensors)]
+        past = [ort.OrtValue.ortvalue_from_numpy(block[i], self.kv_device, self.providers.device_id)
+                for i in range(n_tensors)]
         return Resident(list(seqs), past, mask)
 
     def _unpack(self) -> None:

@@ -51,6 +51,7 @@ class ProviderReport:
     """What was asked for, what was tried and why it was skipped, and what the session runs on."""
 
     requested: str
+    device_id: int = 0
     used: str = CPU
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (provider, reason)
     session_providers: list[str] = field(default_factory=list)
@@ -66,8 +67,19 @@ class ProviderReport:
         return f"device={self.requested} runs on {self.used}" + (f" (skipped {why})" if why else "")
 
     def to_dict(self) -> dict:
-        return {"requested": self.requested, "used": self.used, "skipped": [list(s) for s in self.skipped],
+        return {"requested": self.requested, "device_id": self.device_id, "used": self.used, "skipped": [list(s) for s in self.skipped],
                 "session_providers": self.session_providers, "devices": self.devices}
+
+
+INDEXED = {"CUDAExecutionProvider", "TensorrtExecutionProvider", "DmlExecutionProvider"}  # take a device_id
+
+
+def parse_device(device: str | None) -> tuple[str, int]:
+    """"cuda:1" -> ("cuda", 1); "cpu" -> ("cpu", 0); None -> ("auto", 0)."""
+    name, _, index = (device or "auto").lower().partition(":")
+    if index and not index.isdigit():
+        raise ConfigError(f"device {device!r} is invalid: write NAME or NAME:INDEX, e.g. cuda:1")
+    return name, int(index or 0)
 
 
 def candidates(device: str, available: list[str]) -> list[str]:
@@ -88,12 +100,14 @@ def open_session(model_path: str, device: str | None, session_options=None,
     """
     if ort is None:
         import onnxruntime as ort
-    device = (device or "auto").lower()
-    report = ProviderReport(requested=device)
+    device, index = parse_device(device)
+    report = ProviderReport(requested=device, device_id=index)
     order = candidates(device, [] if device == "cpu" else ort.get_available_providers())
     if device != "cpu":
         report.devices = ep_devices(ort)
     options = report.options = _options_by_provider(order, provider_options)
+    if index and order[0] in INDEXED:  # cuda:1 -> device_id 1, unless the options already say
+        options[order[0]] = {"device_id": str(index), **options.get(order[0], {})}
     usable = [p for p in order if _usable(p, ort, report, device)]
     session = ort.InferenceSession(model_path, sess_options=session_options, providers=usable,
                                    provider_options=[options.get(p, {}) for p in usable])

@@ -74,6 +74,15 @@ def test_provider_options_pass_through():
         open_session("m.onnx", "cuda", provider_options={"CudaProvider": {}}, ort=ort)
 
 
+def test_an_indexed_device_selects_that_gpu():
+    ort = FakeOrt(available=["CUDAExecutionProvider", CPU])
+    _, report = open_session("m.onnx", "cuda:1", ort=ort)
+    assert ort.calls[-1] == ("InferenceSession", ["CUDAExecutionProvider", CPU], [{"device_id": "1"}, {}])
+    assert report.device_id == 1 and report.used == "CUDAExecutionProvider"
+    with pytest.raises(ConfigError, match="NAME:INDEX"):
+        open_session("m.onnx", "cuda:first", ort=ort)
+
+
 def test_auto_takes_the_best_accelerator_present_and_skips_slow_ones():
     ort = FakeOrt(available=["NnapiExecutionProvider", "DmlExecutionProvider", "CUDAExecutionProvider", CPU])
     _, report = open_session("m.onnx", "auto", ort=ort)
