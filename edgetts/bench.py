@@ -53,12 +53,14 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         ids = prompt_tokens(engine.tokenizer, prompt)
         greedy = sample_n(engine, ids, 1, SamplingParams(temperature=0.0), max_tokens)
         record("greedy", aggregate("single", greedy, extract=controller.extract).answer, time.perf_counter() - start)
+        controller.observe_wave(len(ids), greedy, time.perf_counter() - start)  # serving keeps the profile fresh
         for n in ns:
             start = time.perf_counter()
             ids = prompt_tokens(engine.tokenizer, prompt)
             params = SamplingParams(temperature=cal.temperature, seed=seed * 7919 + i * 131 + n)
             samples = sample_n(engine, ids, n, params, max_tokens)
             sampled = time.perf_counter() - start
+            controller.observe_wave(len(ids), samples, sampled)
             record(f"majority@{n}", aggregate("majority", samples, extract=controller.extract).answer,
                    time.perf_counter() - start)
             for name, verifier in controller.verifiers.items():

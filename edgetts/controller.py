@@ -214,6 +214,13 @@ class Controller:
             save_profile(self.profile, self.profile_path)
         return answer
 
+    def observe_wave(self, n_prompt: int, completions: list[Completion], seconds: float) -> None:
+        """Fold one batch of samples (prompt prefill + decode) into the online profile: compare its time
+        with the prediction for the lengths that really came out (samples cut by the guard count with
+        the tokens they reached). Call it for any `sample_n` done on this engine."""
+        predicted = self.profile.prefill_s(n_prompt) + self.cost.decode_s([len(c.tokens) for c in completions])
+        self.profile.observe("decode", predicted, seconds, batch=len(completions))
+
     def _log(self, answer: Answer, budget: float, n_prompt: int, difficulty: float, truth: str | None) -> None:
         entry = {"time": time.time(), "features": {"prompt_tokens": n_prompt, "difficulty": difficulty,
                                                    "difficulty_bin": self.calibration.bin_of(difficulty)},
@@ -309,10 +316,7 @@ class _Execution:
         return self.c.profile.verify_s(size) if name in self.c.cost.generative else 0.0
 
     def _observe_decode(self, new: list[Completion], actual: float) -> None:
-        """Compare the wave's time with the profile's prediction for the lengths that really came out
-        (samples cut by the guard count with the tokens they reached)."""
-        predicted = self.c.profile.prefill_s(len(self.ids)) + self.c.cost.decode_s([len(c.tokens) for c in new])
-        self.c.profile.observe("decode", predicted, actual, batch=len(new))
+        self.c.observe_wave(len(self.ids), new, actual)
 
     def _score(self, new: list[Completion]) -> None:
         name = self.plan.key.verifier

@@ -330,8 +330,10 @@ def _prefill_seconds(engine, tokens: list[int]) -> float:
 
 
 def _step_seconds(engine, prompt: list[int], n: int, steps: int) -> float:
-    """Median time of one decode step with n live sequences forked from one prompt, sampling included
-    (the per-row sampler is part of what serving pays per step)."""
+    """Median time of one decode step with n live sequences forked from one prompt, as `sample_n`
+    serves it: the batched eval plus, per row, the sampler and the text tracker (detokenising and
+    stop checks), which on a small model cost as much as the forward pass."""
+    from edgetts.generate import TextTracker
     from edgetts.sampling import Sampler
     from edgetts.types import SamplingParams
 
@@ -341,13 +343,15 @@ def _step_seconds(engine, prompt: list[int], n: int, steps: int) -> float:
     for seq in live:
         engine.fork(root, seq)
     sampler = Sampler(SamplingParams(temperature=0.7, seed=0))
+    trackers = {seq: TextTracker(engine.tokenizer) for seq in live}
     token, times = prompt[-1], []
     try:
         for _ in range(steps):
             start = time.perf_counter()
             rows = engine.eval_batch({seq: [token] for seq in live})
-            for row in rows.values():
-                sampler(row[-1], prompt)
+            for seq, row in rows.items():
+                drawn, logprob = sampler(row[-1], prompt + trackers[seq].tokens)
+                trackers[seq].add(token if drawn in engine.tokenizer.eos_ids else drawn, logprob)
             times.append(time.perf_counter() - start)
     finally:
         for seq in ids:
