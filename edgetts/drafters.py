@@ -122,7 +122,10 @@ class ModelDrafter:
         return self._eval(context[common:])
 
     def _eval(self, tokens: list[int]) -> np.ndarray:
-        row = self.engine.eval(self.seq, tokens)[-1]
+        # Catching up on many tokens needs only the last row: an engine's optional `prefill` skips the
+        # LM head elsewhere (on a 150k vocabulary that head is most of a small draft model's cost).
+        prefill = getattr(self.engine, "prefill", None) if len(tokens) > 1 else None
+        row = (prefill or self.engine.eval)(self.seq, tokens)[-1]
         self.cached += tokens
         return _fit_vocab(row, self.n_vocab)
 
