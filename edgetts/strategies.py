@@ -104,19 +104,23 @@ def weighted(answers, logprobs=None, scores=None) -> Choice:
 
 
 def best_of_n(answers, logprobs=None, scores=None) -> Choice:
-    """The answer of the highest-scored sample (samples with no answer never win)."""
+    """The answer of the highest-scored sample (samples with no answer never win). Samples tied at
+    the top score (a pass/fail checker passes several) vote among themselves."""
     scores = _need_scores(scores, answers, "best_of_n")
-    ranked = [i for i in sorted(range(len(answers)), key=lambda i: -scores[i]) if answers[i] is not None]
-    if not ranked:
+    scored = [scores[i] for i, a in enumerate(answers) if a is not None]
+    if not scored:
         return NO_CHOICE
-    top = ranked[0]
-    return Choice(answers[top], top, float(scores[top]))
+    best = max(scored)
+    tied = [a if a is not None and scores[i] >= best - 1e-9 else None for i, a in enumerate(answers)]
+    choice = _pick(tied, [1.0] * len(answers), [0.0] * len(answers))
+    return Choice(choice.answer, choice.index, float(best))
 
 
 def weighted_best_of_n(answers, logprobs=None, scores=None) -> Choice:
-    """Sum verifier scores per distinct answer: robust to one over-confident wrong score."""
+    """Sum verifier scores per distinct answer: robust to one over-confident wrong score. Equal sums
+    (e.g. no sample passed a checker) are broken by how many samples gave the answer."""
     scores = _need_scores(scores, answers, "weighted_best_of_n")
-    return _pick(answers, list(scores), list(scores))
+    return _pick(answers, list(scores), [1.0] * len(answers))
 
 
 def best_of_majority(answers, logprobs=None, scores=None, min_share: float = 0.2) -> Choice:

@@ -168,3 +168,11 @@ def test_generative_verifier_batched_scores_match_one_at_a_time_on_the_torch_eng
     alone = [verifier.score("What is 2+2?", [c])[0] for c in candidates]
     assert batched == pytest.approx(alone, abs=1e-5)
     assert len(set(round(s, 6) for s in batched)) == 3 and engine.sequences() == []
+
+
+def test_checker_ties_are_broken_by_votes():
+    answers = ["3", "4", "4", "5", "5", "5"]
+    passed = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    assert best_of_n(answers, scores=passed).answer == "4"  # majority among the verified samples
+    assert weighted_best_of_n(answers, scores=[0.0] * 6).answer == "5"  # nothing verified: majority
+    assert best_of_n(answers, scores=[0.0] * 6).answer == "5"
