@@ -160,6 +160,37 @@ def goals(results: dict) -> dict:
     }
 
 
+def plot(results: dict, path: Path) -> None:
+    """Speedup per drafter and mode, one panel per family; the 1.0 line is plain decoding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, (family, data) in zip(axes[0], results.items()):
+        names = sorted({r["drafter"] for r in data["drafters"]})
+        for i, mode in enumerate(MODES):
+            speed = [next(r["speedup"] for r in data["drafters"] if r["drafter"] == n and r["mode"] == mode) for n in names]
+            ax.bar([x + 0.27 * (i - 1) for x in range(len(names))], speed, width=0.27, label=mode)
+        ax.axhline(1.0, color="black", lw=1)
+        ax.axhline(0.95, color="grey", lw=1, ls="--")
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(f"{family}: plain {data['plain_tok_s']} tok/s")
+        ax.set_ylabel("speedup over plain decoding")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def quarter_and_half() -> list[int]:
+    """Early-exit depths for the built-in generator: a quarter and a half of its layers."""
+    from edgetts import embedded
+
+    n = json.loads((embedded.path("generator") / "config.json").read_text())["num_hidden_layers"]
+    return sorted({max(1, n // 4), max(1, n // 2)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["embedded", "shape", "all"], default="all")
@@ -169,12 +200,12 @@ def main() -> None:
     parser.add_argument("--layers", default=None, help="early-exit depths, e.g. 2,3 (default: per family)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    families = {"embedded": (embedded_family, [2, 3]), "shape": (shape_family, [6])}
+    families = {"embedded": (embedded_family, None), "shape": (shape_family, [6])}  # None: a quarter and a half
     results = json.loads(RESULTS.read_text()).get("families", {}) if RESULTS.exists() else {}
     for name, (build, default_layers) in families.items():
         if args.family not in (name, "all"):
             continue
-        layers = [int(k) for k in args.layers.split(",")] if args.layers else default_layers
+        layers = [int(k) for k in args.layers.split(",")] if args.layers else default_layers or quarter_and_half()
         results[name] = measure(build(args.threads, layers), args.tokens, args.repeats)
         results[name]["command"] = "python benchmarks/bench_speculative.py " + " ".join(sys.argv[1:])
         print(json.dumps({name: results[name]}, indent=1))
@@ -183,6 +214,7 @@ def main() -> None:
                families=results, goals=goals(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    plot(results, RESULTS.with_suffix(".png"))
     print(json.dumps(out["goals"], indent=1))
 
 

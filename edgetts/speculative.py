@@ -15,6 +15,7 @@ off while it is slower than plain decoding (re-probing after a cooldown that dou
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -34,13 +35,30 @@ class Ewma:
         self.value = x if self.value is None else (1 - self.weight) * self.value + self.weight * x
 
 
+class Window:
+    """Seconds per committed token over the last `size` rounds: sums, because rounds commit 1..k+1 tokens."""
+
+    def __init__(self, size: int = 8):
+        self.rounds: deque[tuple[float, int]] = deque(maxlen=size)
+
+    def add(self, seconds: float, committed: int) -> None:
+        self.rounds.append((seconds, committed))
+
+    @property
+    def value(self) -> float | None:
+        if not self.rounds:
+            return None
+        return sum(s for s, _ in self.rounds) / sum(c for _, c in self.rounds)
+
+
 class DraftPolicy:
     """How many tokens to draft next (0 = a plain step), from what was measured so far.
 
     - Draft length: the onnxruntime-genai rule: acceptance EWMA < 50 % shortens the draft by one,
       >= 75 % lengthens it, within [k_min, k_max]. It starts at 1, the cheapest probe.
     - Off-switch: the first `warmup` steps are plain, to time plain decoding. After `probe_rounds`
-      speculative rounds, whenever seconds per committed token exceed plain decoding's, speculation
+      speculative rounds, whenever seconds per committed token (over the last 8 rounds) exceed
+      plain decoding's by more than `margin` (timing noise must not switch off a useful drafter), speculation
       stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again
       at the shortest draft length, the cheapest probe.
 
@@ -49,13 +67,13 @@ class DraftPolicy:
     """
 
     def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32):
+                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32, margin: float = 1.05):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
         self.k, self.k_min, self.k_max = k, k_min, k_max
         self.adaptive, self.auto_off = adaptive, auto_off
-        self.probe_rounds, self.cooldown = probe_rounds, cooldown
-        self.plain_s, self.spec_s, self.acceptance = Ewma(), Ewma(), Ewma()
+        self.probe_rounds, self.cooldown, self.margin = probe_rounds, cooldown, margin
+        self.plain_s, self.spec_s, self.acceptance = Ewma(), Window(), Ewma()
         self.off_left = warmup if auto_off else 0
         self.failures = self.probe = 0
         self.rounds = self.drafted = self.accepted = self.spec_tokens = self.plain_tokens = self.switched_off = 0
@@ -69,11 +87,11 @@ class DraftPolicy:
         if self.off_left > 0:
             self.off_left -= 1
             if self.off_left == 0:  # start a fresh probe of speculation
-                self.spec_s, self.probe = Ewma(), 0
+                self.spec_s, self.probe = Window(), 0
 
     def record_round(self, drafted: int, accepted: int, seconds: float) -> None:
         committed = accepted + 1
-        self.spec_s.add(seconds / committed)
+        self.spec_s.add(seconds, committed)
         self.rounds += 1
         self.probe += 1
         self.spec_tokens += committed
@@ -95,7 +113,7 @@ class DraftPolicy:
     def _maybe_switch_off(self) -> None:
         if not self.auto_off or self.probe < self.probe_rounds or self.plain_s.value is None:
             return
-        if self.spec_s.value > self.plain_s.value:
+        if self.spec_s.value > self.margin * self.plain_s.value:
             self.failures += 1
             self.switched_off += 1
             self.off_left = self.cooldown * 2 ** (self.failures - 1)
