@@ -205,7 +205,8 @@ def provenance(model: Path) -> tuple[str | None, str | None]:
             meta = read_header(model).metadata
             return meta.get("edgetts.source"), meta.get("edgetts.quant")
         manifest = json.loads((model / "manifest.json").read_text())
-        return manifest.get("source"), manifest.get("quant")
+        quant = manifest.get("quant")
+        return manifest.get("source"), quant.get("name") if isinstance(quant, dict) else quant
     except (OSError, ValueError, EdgettsError):
         return None, None
 
