@@ -23,7 +23,7 @@ from edgetts.errors import ConfigError
 from edgetts.profile import DeviceProfile, cache_dir, save_profile
 from edgetts.strategies import NEEDS_SCORES, Choice, aggregate, extract_answer, should_stop
 from edgetts.types import Completion, SamplingParams
-from edgetts.verifiers import GenerativeVerifier, Verifier
+from edgetts.verifiers import Verifier
 
 SAFETY = 1.15  # plan so that the all-waves prediction times this fits the budget (VM noise is ±10-20 %)
 GUARD_MARGIN_S = 0.005  # time kept for aggregation after the last sample stops
@@ -139,7 +139,7 @@ class Controller:
         self.verifiers = dict(verifiers or {})
         self.drafter, self.extract = drafter, extract
         self.difficulty = difficulty  # prompt -> the task feature calibration used (None: prompt tokens)
-        generative = frozenset(n for n, v in self.verifiers.items() if isinstance(v, GenerativeVerifier))
+        generative = frozenset(n for n, v in self.verifiers.items() if getattr(v, "generative", True))
         self.cost = CostModel(profile, calibration, generative)
         self.log_path = Path(log_path) if log_path else cache_dir() / "decisions.jsonl"
         self.profile_path = Path(profile_path) if profile_path else None

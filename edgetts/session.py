@@ -19,7 +19,7 @@ from pathlib import Path
 from edgetts.calibration import Calibration, load_calibration, prior
 from edgetts.controller import Controller
 from edgetts.profile import DeviceProfile, load_profile, measure_profile, profile_path, save_profile
-from edgetts.verifiers import CheckerVerifier, GenerativeVerifier
+from edgetts.verifiers import CheckerVerifier, GenerativeVerifier, ProductVerifier
 
 N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
 # The embedded models are ~1 M parameters: a decode step is microseconds of work, so a second
@@ -78,6 +78,7 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
         yes, no = embedded.VERIFIER_WORDS
         verifiers["verifier"] = GenerativeVerifier(judge, prefix="{prompt}", yes=yes, no=no, name="verifier",
                                                    suffix="{candidate}" + embedded.VERIFIER_SUFFIX)
+        verifiers["both"] = ProductVerifier(verifiers["steps"], verifiers["verifier"], name="both")
     return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")),
                   _embedded_drafter(fmt, runtime), arithmetic_difficulty)
 

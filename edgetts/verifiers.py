@@ -29,6 +29,8 @@ class Verifier(Protocol):
 class CheckerVerifier:
     """Wrap a programmatic checker: `check(prompt, solution)` returns a bool or a score."""
 
+    generative = False  # costs no model time: the planner treats it as free
+
     def __init__(self, check: Callable[[str, str], bool | float], name: str = "checker"):
         self.check = check
         self.name = name
@@ -49,6 +51,8 @@ class GenerativeVerifier:
     forked; each candidate prefills only the rest, all in one batch. P(yes) is normalised over
     {yes, no}.
     """
+
+    generative = True  # costs model time: the profile's verifier cost applies
 
     def __init__(self, engine: Engine, prefix: str = "Problem: {prompt}\n",
                  suffix: str = "Solution: {candidate}\nCorrect:", yes: str = " yes", no: str = " no",
@@ -101,6 +105,26 @@ class GenerativeVerifier:
         pair = np.array([row[self.yes_id], row[self.no_id]], dtype=np.float64)
         pair = np.exp(pair - pair.max())
         return float(pair[0] / pair.sum())
+
+
+class ProductVerifier:
+    """Several verifiers at once: the score is the product of theirs, so a candidate must pass all
+    (a step checker's pass and a generative verifier's P(yes): each catches what the other misses)."""
+
+    def __init__(self, *parts, name: str = "all"):
+        if not parts:
+            raise ConfigError("ProductVerifier needs at least one verifier")
+        self.parts, self.name = parts, name
+        self.generative = any(getattr(p, "generative", True) for p in parts)
+        self.last_seconds = 0.0
+
+    def score(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        start = time.perf_counter()
+        scores = [1.0] * len(candidates)
+        for part in self.parts:
+            scores = [a * b for a, b in zip(scores, part.score(prompt, candidates))]
+        self.last_seconds = time.perf_counter() - start
+        return scores
 
 
 def _common_prefix(sequences: list[list[int]]) -> int:

@@ -176,3 +176,10 @@ def test_checker_ties_are_broken_by_votes():
     assert best_of_n(answers, scores=passed).answer == "4"  # majority among the verified samples
     assert weighted_best_of_n(answers, scores=[0.0] * 6).answer == "5"  # nothing verified: majority
     assert best_of_n(answers, scores=[0.0] * 6).answer == "5"
+
+
+def test_product_verifier_needs_every_part_to_pass():
+    from edgetts.verifiers import CheckerVerifier, ProductVerifier
+
+    both = ProductVerifier(CheckerVerifier(lambda p, t: "4" in t), CheckerVerifier(lambda p, t: 0.5))
+    assert both.score("q", ["4", "5"]) == [0.5, 0.0] and not both.generative
