@@ -26,7 +26,7 @@ from edgetts.types import Completion, SamplingParams
 from edgetts.verifiers import Verifier
 
 SAFETY = 1.15  # plan so that the all-waves prediction times this fits the budget (VM noise is ±10-20 %)
-GUARD_MARGIN_S = 0.005  # time kept for aggregation after the last sample stops
+GUARD_MARGIN_S = 0.010  # kept for aggregation, and for a step that the OS preempts on a busy machine
 DEFAULT_MAX_TOKENS = 256
 
 
