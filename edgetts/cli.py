@@ -103,7 +103,7 @@ def parse_budget(text: str) -> float:
 
 
 from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, MaxTokensOpt, ModelOpt, NOpt,  # noqa: E402
-                                 RuntimeOpt, SeedOpt, StopOpt, TemperatureOpt, TopPOpt)
+                                 RuntimeOpt, SeedOpt, StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
 
 
 @app.command()
@@ -111,7 +111,7 @@ def run(
     prompt: str = typer.Argument(..., help="The question or text to continue."),
     model: str = ModelOpt, draft: str = DraftOpt, temperature: float = TemperatureOpt, top_p: float = TopPOpt,
     max_tokens: int = MaxTokensOpt, seed: int = SeedOpt, n: int = NOpt, stop: list[str] = StopOpt,
-    runtime: str = RuntimeOpt, device: str = DeviceOpt, as_json: bool = JsonOpt,
+    runtime: str = RuntimeOpt, device: str = DeviceOpt, threads: int = ThreadsOpt, as_json: bool = JsonOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and the drafter's acceptance rate."),
     budget: str = typer.Option(None, "--budget", "-b", help="Answer within this latency (2s, 500ms): the controller "
                                "plans samples, verifier and aggregation from this device's measured speed."),
@@ -133,7 +133,7 @@ def run(
     params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
     stream = None if as_json or n > 1 else lambda text: typer.echo(text, nl=False)
     result = run_prompt(prompt, model, draft, params, max_tokens, n, tuple(stop or ()), runtime=runtime,
-                        device=device, on_text=stream)
+                        device=device, threads=threads, on_text=stream)
     print_result(result, as_json=as_json, streamed=stream is not None, stats=stats)
 
 

@@ -18,3 +18,4 @@ SeedOpt = typer.Option(None, "--seed", help="Seed for sampling; sample i of --n 
 NOpt = typer.Option(1, "--n", help="Number of samples, decoded together from one prompt prefill.")
 StopOpt = typer.Option(None, "--stop", help="Stop at this text (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of streaming text.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the engine (default: the engine's; 1 is steadiest on a busy machine).")

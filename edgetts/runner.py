@@ -49,7 +49,7 @@ def _builtin(name: str) -> Path:
 
 def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
         params: SamplingParams | None = None, max_tokens: int = 256, n: int = 1, stop: Sequence[str] = (),
-        chat: bool = True, runtime: str | None = None, device: str | None = None,
+        chat: bool = True, runtime: str | None = None, device: str | None = None, threads: int | None = None,
         on_text: Callable[[str], None] | None = None) -> dict:
     """Generate for `prompt` and return {text, tokens, latency_s, stats[, samples]}.
 
@@ -62,10 +62,11 @@ def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
                           "(N samples already share each decode step)")
     start = time.perf_counter()
     model = Path(model) if model else default_model()
-    drafter = open_drafter(draft, model)
+    threading = {"n_threads": threads} if threads else {}
+    drafter = open_drafter(draft, model, **threading)
     engine = None
     try:
-        engine = load(model, runtime=runtime, device=device, **({"n_seq_max": n} if n > 1 else {}))
+        engine = load(model, runtime=runtime, device=device, **threading, **({"n_seq_max": n} if n > 1 else {}))
         load_s = time.perf_counter() - start
         if n == 1:
             result = _one(engine, prompt, params, max_tokens, stop, chat, drafter, on_text)
