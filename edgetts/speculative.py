@@ -60,19 +60,23 @@ class DraftPolicy:
       speculative rounds, whenever seconds per committed token (over the last 8 rounds) exceed
       plain decoding's by more than `margin` (timing noise must not switch off a useful drafter), speculation
       stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again
-      at the shortest draft length, the cheapest probe.
+      at the shortest draft length, the cheapest probe. Every `refresh` speculative tokens, `warmup`
+      plain steps re-time plain decoding, so a stale baseline (a cold first step, a busier machine)
+      cannot keep a losing drafter on.
 
     A drafter keeps its policy across generations (`policy_for`), so what was learned on this
     device (draft length, a switched-off drafter's cooldown) carries over to the next request.
     """
 
     def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32, margin: float = 1.05):
+                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32, margin: float = 1.05,
+                 refresh: int = 48):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
         self.k, self.k_min, self.k_max = k, k_min, k_max
         self.adaptive, self.auto_off = adaptive, auto_off
         self.probe_rounds, self.cooldown, self.margin = probe_rounds, cooldown, margin
+        self.warmup, self.refresh, self.since_plain, self.refreshing = warmup, refresh, 0, False
         self.plain_s, self.spec_s, self.acceptance = Ewma(), Window(), Ewma()
         self.off_left = warmup if auto_off else 0
         self.failures = self.probe = 0
@@ -84,10 +88,12 @@ class DraftPolicy:
     def record_plain(self, seconds: float) -> None:
         self.plain_s.add(seconds)
         self.plain_tokens += 1
+        self.since_plain = 0
         if self.off_left > 0:
             self.off_left -= 1
-            if self.off_left == 0:  # start a fresh probe of speculation
+            if self.off_left == 0 and not self.refreshing:  # start a fresh probe of speculation
                 self.spec_s, self.probe = Window(), 0
+            self.refreshing = self.refreshing and self.off_left > 0
 
     def record_round(self, drafted: int, accepted: int, seconds: float) -> None:
         committed = accepted + 1
@@ -95,6 +101,9 @@ class DraftPolicy:
         self.rounds += 1
         self.probe += 1
         self.spec_tokens += committed
+        self.since_plain += committed
+        if self.auto_off and self.since_plain >= self.refresh:  # re-time plain decoding
+            self.off_left, self.refreshing, self.plain_s = self.warmup, True, Ewma()
         if drafted:
             self.drafted += drafted
             self.accepted += accepted
@@ -116,7 +125,7 @@ class DraftPolicy:
         if self.spec_s.value > self.margin * self.plain_s.value:
             self.failures += 1
             self.switched_off += 1
-            self.off_left = self.cooldown * 2 ** (self.failures - 1)
+            self.off_left, self.refreshing = self.cooldown * 2 ** (self.failures - 1), False
             self.k = self.k_min
         else:
             self.failures = 0

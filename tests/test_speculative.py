@@ -315,3 +315,16 @@ def test_make_drafter_spellings(models, tmp_path):
     gguf.write_bytes(b"GGUF")
     with pytest.raises(ModelNotFoundError, match="--layers 2"):
         make_drafter("early-exit:2", gguf)
+
+
+def test_plain_speed_is_re_timed_while_speculating():
+    policy = DraftPolicy(k=4, warmup=2, refresh=10)
+    policy.record_plain(0.050)  # a cold first step makes speculation look good...
+    policy.record_plain(0.050)
+    for _ in range(2):
+        policy.record_round(drafted=4, accepted=4, seconds=0.100)  # 20 ms per token
+    assert policy.draft_length() == 0  # ...until plain decoding is timed again
+    policy.record_plain(0.010)
+    policy.record_plain(0.010)
+    policy.record_round(drafted=4, accepted=4, seconds=0.100)
+    assert policy.draft_length() == 0 and policy.switched_off == 1  # 20 ms > 1.05 x 10 ms: off
