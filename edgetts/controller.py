@@ -15,7 +15,7 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edgetts.calibration import Calibration, PlanKey
@@ -166,7 +166,9 @@ class Controller:
             plan = self._evaluate(key, prompt_tokens, cap, difficulty)
             if plan.worst_s <= budget and (best is None or _better(plan, best)):
                 best = plan
-        return best or self._fallback(prompt_tokens, budget, cap, difficulty)
+        best = best or self._fallback(prompt_tokens, budget, cap, difficulty)
+        # the deadline guard ends the request by budget - margin whatever the plan would have taken
+        return replace(best, predicted_s=min(best.predicted_s, budget - GUARD_MARGIN_S))
 
     def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float) -> Plan:
         stats = self.calibration.stats(key)
