@@ -161,3 +161,11 @@ def test_a_task_difficulty_feature_replaces_prompt_tokens():
     cal = fit(records, task="t", model="m", temperature=0.7, draws=4)
     assert cal.mean_length(40) == pytest.approx(40, abs=2)
     assert cal.bin_edges and min(cal.bin_edges) > 5
+
+
+def test_the_shipped_embedded_calibration_loads():
+    from edgetts.session import _shipped_calibration
+
+    cal = _shipped_calibration()
+    assert cal is not None and cal.source == "fitted" and cal.n_problems >= 100
+    assert cal.accuracy(PlanKey("best_of_n", 16, 16, "steps")) > cal.accuracy(PlanKey("greedy", 1, 1))
