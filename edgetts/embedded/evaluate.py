@@ -18,6 +18,7 @@ from edgetts import arithmetic
 from edgetts.embedded import VERIFIER_SUFFIX, VERIFIER_WORDS, path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+MAX_NEW_TOKENS = 140  # the longest test solution is ~115 tokens; looping samples stop here
 
 
 def load(name: str):
@@ -63,8 +64,12 @@ def _sampling(temperature: float) -> dict:
     return dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
 
 
-def verifier_scores(model, tok, texts: list[str], batch: int = 128) -> list[float]:
-    """P(yes) / (P(yes) + P(no)) after `<text>\\nCorrect?` for each full text (prompt + solution)."""
+def verifier_scores(model, tok, texts: list[str], batch: int = 128, log_odds: bool = False) -> list[float]:
+    """P(yes) / (P(yes) + P(no)) after `<text>\\nCorrect?` for each full text (prompt + solution).
+
+    log_odds=True returns logit(yes) - logit(no) instead: the same order, but no float saturation
+    at 1.0, so confident candidates still rank (selection and AUROC use it).
+    """
     import torch
 
     yes, no = (tok.encode(w).ids[0] for w in VERIFIER_WORDS)
@@ -79,8 +84,8 @@ def verifier_scores(model, tok, texts: list[str], batch: int = 128) -> list[floa
         with torch.inference_mode():
             logits = model(input_ids=ids).logits
         last = logits[torch.arange(len(encoded)), torch.tensor([len(e) - 1 for e in encoded])]
-        pair = torch.stack([last[:, yes], last[:, no]], dim=1).softmax(dim=1)[:, 0]
-        scores += pair.tolist()
+        margin = (last[:, yes] - last[:, no]).double()
+        scores += (margin if log_odds else margin.sigmoid()).tolist()
     return scores
 
 
@@ -138,7 +143,7 @@ def auroc(scores: list[float], labels: list[bool]) -> float:
 # --- the measurements ----------------------------------------------------------------------------
 
 def greedy(problems, model, tok) -> dict:
-    texts = [g[0] for g in sample(model, tok, [p.prompt for p in problems])]
+    texts = [g[0] for g in sample(model, tok, [p.prompt for p in problems], max_new_tokens=MAX_NEW_TOKENS)]
     correct = [arithmetic.check(t, p.answer) for t, p in zip(texts, problems)]
     return {"accuracy": by_level(problems, correct), "texts": texts, "correct": correct}
 
@@ -171,13 +176,14 @@ def scaling(problems, samples: list[list[str]], greedy_correct: list[bool]) -> d
 def verification(problems, samples: list[list[str]], model, tok) -> dict:
     texts = [p.prompt + t for group, p in zip(samples, problems) for t in group[:16]]
     labels = [arithmetic.check(t, p.answer) for group, p in zip(samples, problems) for t in group[:16]]
-    scores = verifier_scores(model, tok, texts)
+    scores = verifier_scores(model, tok, texts, log_odds=True)
+    probability = [1 / (1 + math.exp(-x)) for x in scores]
     best, weighted = [], []
     for i, p in enumerate(problems):
         s, group = scores[16 * i:16 * i + 16], samples[i][:16]
         answers = [arithmetic.parse_answer(t) for t in group]
         best.append(answers[max(range(16), key=s.__getitem__)] == p.answer)
-        weighted.append(majority(answers, s) == p.answer)
+        weighted.append(majority(answers, probability[16 * i:16 * i + 16]) == p.answer)
     return {"auroc": round(auroc(scores, labels), 4), "samples": len(texts),
             "best_of_16": by_level(problems, best), "weighted_vote_16": by_level(problems, weighted)}
 
@@ -235,12 +241,7 @@ def run(samples_per_problem: int = 64, temperature: float = 0.7, threads: int = 
     torch.set_num_threads(threads)
     problems = list(arithmetic.split("test"))
     model, tok = load("generator")
-    timings, t0 = {}, time.time()
-    g = greedy(problems, model, tok)
-    timings["greedy"] = round(time.time() - t0, 1)
-    t0 = time.time()
-    samples = sample(model, tok, [p.prompt for p in problems], n=samples_per_problem, temperature=temperature, seed=7)
-    timings["sampling"] = round(time.time() - t0, 1)
+    g, samples, timings = generator_outputs(problems, model, tok, samples_per_problem, temperature)
     result = {"split": "test", "problems": len(problems), "temperature": temperature,
               **scaling(problems, samples, g["correct"])}
     result["greedy_texts_example"] = [p.prompt + t for p, t in zip(problems[::40], g["texts"][::40])]
@@ -255,6 +256,57 @@ def run(samples_per_problem: int = 64, temperature: float = 0.7, threads: int = 
     return result
 
 
+def markdown(result: dict) -> str:
+    """The model card's tables, from one evaluation result."""
+    levels = ["overall", *map(str, arithmetic.LEVELS)]
+    rows = [("greedy", result["greedy"]), ("mean single sample (T=0.7)", None)]
+    rows += [(f"majority@{k}", v) for k, v in result["majority_at_k"].items()]
+    rows += [("step-checked vote@16", result["step_checked_vote_at_16"])]
+    if "verifier" in result:
+        rows += [("verifier best-of-16", result["verifier"]["best_of_16"]),
+                 ("verifier-weighted vote@16", result["verifier"]["weighted_vote_16"])]
+    if "draft_greedy" in result:
+        rows += [("draft model greedy", result["draft_greedy"])]
+    lines = ["| test split (% correct) | " + " | ".join(levels) + " |", "|---" * (len(levels) + 1) + "|"]
+    for label, acc in rows:
+        cells = [str(acc[lv]) for lv in levels] if acc else [str(result["mean_single_sample"])] + [""] * 5
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cov, fit = result["pass_at_k"], result["pass_at_k_fit"]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if str(k) in cov or k in cov]
+    lines += ["", "| k | " + " | ".join(map(str, ks)) + " |", "|---" * (len(ks) + 1) + "|",
+              "| pass@k (%) | " + " | ".join(str(cov.get(str(k), cov.get(k))) for k in ks) + " |",
+              "", f"Fit c(k) = exp(a * k^b): a = {fit['a']}, b = {fit['b']} (max abs error {fit['max_abs_error']})."]
+    agree = result["early_exit_agreement"]
+    exits = [k for k in agree if k not in ("positions", "draft")]
+    lines += ["", "| exit after layer K | " + " | ".join(exits) + (" | draft model |" if "draft" in agree else " |"),
+              "|---" * (len(exits) + 1 + ("draft" in agree)) + "|",
+              "| top-1 agreement with the full model (%) | " + " | ".join(str(agree[k]) for k in exits)
+              + (f" | {agree['draft']} |" if "draft" in agree else " |")]
+    if "verifier" in result:
+        lines += ["", f"Verifier AUROC on {result['verifier']['samples']} generator samples: {result['verifier']['auroc']}."]
+    return "\n".join(lines) + "\n"
+
+
+def generator_outputs(problems, model, tok, n: int, temperature: float):
+    """Greedy and sampled solutions, cached per generator weights (the slow part: reruns are cheap)."""
+    from edgetts.embedded import cache_dir, path
+
+    weights = (path("generator") / "model.safetensors").stat()
+    cache = cache_dir() / "embedded" / f"eval-{weights.st_size}-{int(weights.st_mtime)}-n{n}-t{temperature}.json"
+    if cache.is_file():
+        return tuple(json.loads(cache.read_text()))
+    timings, t0 = {}, time.time()
+    g = greedy(problems, model, tok)
+    timings["greedy"] = round(time.time() - t0, 1)
+    t0 = time.time()
+    samples = sample(model, tok, [p.prompt for p in problems], n=n, temperature=temperature, seed=7,
+                     max_new_tokens=MAX_NEW_TOKENS)
+    timings["sampling"] = round(time.time() - t0, 1)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps([g, samples, timings]))
+    return g, samples, timings
+
+
 def _optional(name: str):
     try:
         return load(name)
@@ -267,11 +319,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--out", type=Path, default=RESULTS / "embedded.json")
+    parser.add_argument("--samples-only", action="store_true", help="only generate (and cache) the generator's outputs")
     args = parser.parse_args(argv)
+    if args.samples_only:
+        import torch
+
+        torch.set_num_threads(1)
+        generator_outputs(list(arithmetic.split("test")), *load("generator"), args.samples, args.temperature)
+        return
     result = run(args.samples, args.temperature)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot_pass_at_k(result, args.out.with_name(args.out.stem + "_passk.png"))
+    args.out.with_suffix(".md").write_text(markdown(result))
     print(json.dumps({k: v for k, v in result.items() if k not in ("pass_at_k", "greedy_texts_example")}, indent=2))
 
 

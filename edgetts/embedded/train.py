@@ -27,20 +27,21 @@ from edgetts.embedded import MODELS_DIR, VERIFIER_SUFFIX, VERIFIER_WORDS
 
 # Architecture per model: a table, not branches. The verifier copies the generator's shape.
 ARCHS = {
-    "generator": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=6,
+    "generator": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2),
-    "draft": dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+    "draft": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2),
 }
 # Training recipe per model (lr: AdamW peak; steps of `batch` sequences).
 RECIPES = {
-    "generator": dict(steps=1600, batch=48, lr=3e-3, warmup=100, exit_weight=0.1),
-    "draft": dict(steps=1200, batch=48, lr=3e-3, warmup=100, exit_weight=0.0),
-    "verifier": dict(steps=500, batch=48, lr=5e-4, warmup=50, exit_weight=0.0,
-                     problems=800, samples=8),
+    "generator": dict(steps=2600, batch=32, lr=3e-3, warmup=100, exit_weight=0.15),
+    "draft": dict(steps=800, batch=32, lr=3e-3, warmup=100, exit_weight=0.0),
+    "verifier": dict(steps=300, batch=32, lr=5e-4, warmup=50, exit_weight=0.0,
+                     problems=600, samples=8),
 }
-LEVEL_WEIGHTS = [0.1, 0.15, 0.2, 0.25, 0.3]  # harder levels need more examples
-CURRICULUM = 0.1  # fraction of steps over which levels 2..5 are unlocked one by one
+LEVEL_WEIGHTS = [0.25, 0.25, 0.2, 0.15, 0.15]  # easy problems are short and teach the basics fastest
+CURRICULUM = 300  # steps over which levels 2..5 are unlocked one by one
+DECAY = 0.3  # fraction of steps spent cooling the learning rate down
 SEED = 1234
 
 
@@ -80,19 +81,19 @@ def build_model(name: str, tokenizer_dir: Path):
 
 # --- data --------------------------------------------------------------------------------------
 
-def level_for(rng: random.Random, step: int, steps: int) -> int:
-    unlocked = min(5, 1 + int(5 * step / max(1, CURRICULUM * steps)))
+def level_for(rng: random.Random, step: int) -> int:
+    unlocked = min(5, 1 + int(5 * step / CURRICULUM))
     if unlocked < 5:
         return rng.randint(1, unlocked)
     return rng.choices(arithmetic.LEVELS, weights=LEVEL_WEIGHTS)[0]
 
 
-def lm_batch(tok, step: int, steps: int, batch: int, seed: int):
+def lm_batch(tok, step: int, batch: int, seed: int):
     """(ids, labels) for one step: fresh problems, random solution paths, loss on the solution only."""
     rng = random.Random(f"batch:{seed}:{step}")
     rows = []
     for _ in range(batch):
-        prompt, completion = arithmetic.training_text(arithmetic.training_problem(rng, level_for(rng, step, steps)), rng)
+        prompt, completion = arithmetic.training_text(arithmetic.training_problem(rng, level_for(rng, step)), rng)
         p, c = tok.encode(prompt).ids, tok.encode(completion).ids + [tok.token_to_id("<|endoftext|>")]
         rows.append((p + c, [-100] * len(p) + c))
     return _pad(rows, tok.token_to_id("<|endoftext|>"))
@@ -142,7 +143,7 @@ def verifier_loss(model, ids, labels, exit_weight: float = 0.0):
 
 # --- the loop ----------------------------------------------------------------------------------
 
-def train(name: str, work: Path, steps: int | None = None, save_every: int = 100, threads: int = 1) -> Path:
+def train(name: str, work: Path, steps: int | None = None, save_every: int = 50, threads: int = 1) -> Path:
     import torch
 
     torch.set_num_threads(threads)
@@ -195,7 +196,7 @@ def initial_model(name: str, tokenizer_dir: Path):
 
 def batch_source(name: str, tok, recipe: dict, work: Path):
     if name != "verifier":
-        return lambda step: lm_batch(tok, step, recipe["steps"], recipe["batch"], SEED)
+        return lambda step: lm_batch(tok, step, recipe["batch"], SEED)
     examples = verifier_examples(work, recipe)
     yes, no = (tok.encode(w).ids for w in VERIFIER_WORDS)
     assert len(yes) == len(no) == 1, "the verifier words must be single tokens"
@@ -232,16 +233,24 @@ def verifier_examples(work: Path, recipe: dict) -> list[tuple[str, bool]]:
 
 
 def _lr(step: int, recipe: dict) -> float:
+    """Warm-up, constant, then a cosine cool-down over the last DECAY of the steps.
+
+    Until the cool-down starts, the run does not depend on its total length, so a slow run can be
+    resumed with a smaller --steps and still equal a fresh run of that length.
+    """
+    decay_start = int(recipe["steps"] * (1 - DECAY))
     if step < recipe["warmup"]:
         return recipe["lr"] * (step + 1) / recipe["warmup"]
-    progress = (step - recipe["warmup"]) / max(1, recipe["steps"] - recipe["warmup"])
+    if step < decay_start:
+        return recipe["lr"]
+    progress = (step - decay_start) / max(1, recipe["steps"] - decay_start)
     return recipe["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _update_ema(ema: dict, model, step: int) -> None:
     import torch
 
-    decay = min(0.995, (1 + step) / (10 + step))
+    decay = min(0.99, (1 + step) / (10 + step))
     with torch.no_grad():
         for k, v in model.state_dict().items():
             ema[k].mul_(decay).add_(v, alpha=1 - decay)

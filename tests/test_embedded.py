@@ -1,0 +1,146 @@
+"""The built-in model family: files, tokenizer, behaviour, artifact cache, metrics, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from edgetts import arithmetic, embedded
+from edgetts.embedded import evaluate as ev
+from edgetts.errors import ConfigError
+
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return ev.load("generator")
+
+
+@pytest.mark.parametrize("name", embedded.NAMES)
+def test_built_in_folders_are_complete_llama_checkpoints(name):
+    folder = embedded.path(name)
+    assert all((folder / f).is_file() for f in HF_FILES)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama"
+    assert (folder / "tokenizer.json").read_bytes() == (embedded.path("generator") / "tokenizer.json").read_bytes()
+
+
+def test_sizes_fit_the_budget_and_roles_are_ordered():
+    infos = {m.name: m for m in embedded.list_models()}
+    assert set(infos) == set(embedded.NAMES)
+    assert sum(m.size_bytes for m in infos.values()) <= 30_000_000
+    assert infos["draft"].parameters < infos["generator"].parameters
+
+
+def test_unknown_name_says_which_exist():
+    with pytest.raises(ConfigError, match="generator"):
+        embedded.path("gpt5")
+
+
+def test_tokenizer_keeps_digits_apart_and_verifier_words_whole(generator):
+    _, tok = generator
+    assert tok.encode("1791").tokens == ["1", "7", "9", "1"]
+    assert all(len(tok.encode(w).ids) == 1 for w in embedded.VERIFIER_WORDS)
+    assert "chat_template" not in json.loads((embedded.path() / "tokenizer_config.json").read_text())
+
+
+def test_generator_solves_easy_problems_with_worked_steps(generator):
+    level1 = [p for p in arithmetic.split("dev") if p.level == 1][:16]
+    texts = [g[0] for g in ev.sample(*generator, [p.prompt for p in level1])]
+    assert sum(arithmetic.check(t, p.answer) for t, p in zip(texts, level1)) >= 10
+    assert all(t.startswith("\n") and "Answer:" in t for t in texts)
+
+
+def test_verifier_prefers_correct_solutions():
+    model, tok = ev.load("verifier")
+    problems = [p for p in arithmetic.split("dev") if p.level in (2, 3)][:12]
+    right = [p.prompt + arithmetic.solve(p.expression) for p in problems]
+    wrong = [p.prompt + arithmetic.solve(p.expression).replace(f"Answer: {p.answer}", f"Answer: {p.answer + 10}")
+             for p in problems]
+    good, bad = ev.verifier_scores(model, tok, right), ev.verifier_scores(model, tok, wrong)
+    assert sum(g > b for g, b in zip(good, bad)) >= 9
+
+
+def test_cache_dir_honours_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("EDGETTS_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert embedded.cache_dir() == tmp_path / "xdg" / "edgetts"
+    monkeypatch.setenv("EDGETTS_CACHE", str(tmp_path / "mine"))
+    assert embedded.cache_dir() == tmp_path / "mine"
+
+
+def test_artifact_exports_once_into_the_cache(monkeypatch, tmp_path):
+    import edgetts.export
+
+    monkeypatch.setenv("EDGETTS_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_export(model, out, format, quant, progress):
+        calls.append((model, out, format))
+        out.write_bytes(b"GGUF")
+
+    monkeypatch.setattr(embedded, "has_exporter", lambda format: True)
+    monkeypatch.setattr(edgetts.export, "export", fake_export)
+    first = embedded.artifact("draft", "gguf")
+    assert first == embedded.artifact("draft", "gguf") and len(calls) == 1
+    assert first.parent == tmp_path / "embedded" and first.suffix == ".gguf"
+    assert calls[0][0] == embedded.path("draft")
+
+
+def test_artifact_falls_back_to_the_hf_folder_without_an_exporter(monkeypatch):
+    monkeypatch.setattr(embedded, "has_exporter", lambda format: False)
+    assert embedded.artifact("generator", "onnx") == embedded.path("generator")
+    with pytest.raises(ConfigError, match="gguf"):
+        embedded.artifact("generator", "tflite")
+
+
+def test_models_command_lists_the_built_ins(capsys):
+    from edgetts.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["models"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in embedded.NAMES) and "M" in out
+
+
+# --- the metrics behind the model card -----------------------------------------------------------
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert ev.pass_at_k(10, 0, 5) == 0.0
+    assert ev.pass_at_k(10, 10, 1) == 1.0
+    assert ev.pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert ev.pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+def test_power_law_fit_recovers_its_parameters():
+    ks = list(range(1, 65))
+    fit = ev.fit_power_law(ks, [math.exp(-0.9 * k ** -0.35) for k in ks])
+    assert fit["a"] == pytest.approx(-0.9, abs=1e-3) and fit["b"] == pytest.approx(-0.35, abs=1e-3)
+
+
+def test_auroc_and_majority():
+    assert ev.auroc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
+    assert ev.auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert ev.auroc([0.5, 0.5], [True, False]) == 0.5
+    assert ev.majority([3, 5, 5, None, 3]) == 3, "ties go to the answer seen first"
+    assert ev.majority([None, None]) is None
+    assert ev.majority([3, 5, 5], weights=[0.9, 0.1, 0.1]) == 3
+
+
+def test_training_batches_are_deterministic_and_mask_the_prompt():
+    from tokenizers import Tokenizer
+
+    from edgetts.embedded.train import lm_batch
+
+    tok = Tokenizer.from_file(str(embedded.path() / "tokenizer.json"))
+    ids, labels = lm_batch(tok, step=500, batch=4, seed=0)
+    again, _ = lm_batch(tok, step=500, batch=4, seed=0)
+    assert ids.equal(again)
+    first = tok.decode(ids[0].tolist())
+    assert first.startswith("What is ") and "Answer:" in first
+    prompt_len = len(tok.encode(first.split("?")[0] + "?").ids)
+    assert (labels[0, :prompt_len] == -100).all() and (labels[0, prompt_len:] != -100).any()
