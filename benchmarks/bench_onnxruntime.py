@@ -198,6 +198,8 @@ def bench_quant(root: Path, model: str, quant: str, args) -> dict:
         figures["ratio_vs_genai"] = ours / figures["genai_tok_s"]["median"]
         figures["ratio_vs_optimum"] = ours / figures["optimum_tok_s"]["median"]
         row["threads"][threads] = figures
+    if args.no_batch:
+        return row
     threads = args.threads[0]
     print(f"[{quant}, {threads} threads] N={args.n} batched vs sequential ...", file=sys.stderr, flush=True)
     row["batch"] = batch_vs_sequential(folder, args.n, args.batch_prompt, args.batch_tokens, args.batch_repeats, threads)
@@ -244,6 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, nargs="+", default=[2], help="intra-op threads, same for all engines")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per decode figure (after a warm-up)")
     parser.add_argument("--batch-repeats", type=int, default=2, help="timed runs per N-sample figure")
+    parser.add_argument("--no-batch", action="store_true", help="decode figures only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -281,7 +284,7 @@ def plot(result: dict, path: Path) -> None:
     speed.set_title(result["model"].split(" (")[0] + f": decode, {threads} threads")
     speed.legend()
     for i, key in enumerate(("batched_s", "sequential_prompt_reused_s", "sequential_prompt_reread_s")):
-        med = [result["quants"][q]["batch"][key]["median"] for q in quants]
+        med = [result["quants"][q].get("batch", {}).get(key, {}).get("median", 0) for q in quants]
         batch.bar(np.arange(len(quants)) + (i - 1) * 0.27, med, 0.27, label=key.removesuffix("_s").replace("_", " "))
     batch.set_xticks(range(len(quants)), quants)
     batch.set_ylabel("seconds for N samples")
@@ -298,6 +301,8 @@ def summary(result: dict) -> str:
             lines.append(f"{quant} | {threads} | {f['ours_tok_s']['median']:.1f} | {f['genai_tok_s']['median']:.1f} | "
                          f"{f['ratio_vs_genai']:.2f} | {f['optimum_tok_s']['median']:.1f} | {f['ratio_vs_optimum']:.2f}")
     for quant, row in result["quants"].items():
+        if "batch" not in row:
+            continue
         b = row["batch"]
         lines.append(f"{quant}: N={b['n']} batched {b['batched_s']['median']:.2f}s vs sequential "
                      f"{b['sequential_prompt_reused_s']['median']:.2f}s (prompt reused) = {b['ratio_vs_sequential_prompt_reused']:.2f}, "
