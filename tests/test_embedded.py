@@ -144,3 +144,19 @@ def test_training_batches_are_deterministic_and_mask_the_prompt():
     assert first.startswith("What is ") and "Answer:" in first
     prompt_len = len(tok.encode(first.split("?")[0] + "?").ids)
     assert (labels[0, :prompt_len] == -100).all() and (labels[0, prompt_len:] != -100).any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["gguf", "onnx"])
+def test_each_built_in_exports_and_answers_through_run(format, monkeypatch, tmp_path):
+    """The must-show: every built-in exported by the real exporter answers through `edgetts run`'s path."""
+    from edgetts.runner import run
+
+    monkeypatch.setenv("EDGETTS_CACHE", str(tmp_path))
+    generator = run("What is 9+5?", embedded.artifact("generator", format), max_tokens=40)
+    assert arithmetic.check(generator["text"], 14), generator["text"]
+    draft = run("What is 9+5?", embedded.artifact("draft", format), max_tokens=40)
+    assert "Answer:" in draft["text"]
+    verdict = run("What is 9+5?\n9+5=14\nAnswer: 14" + embedded.VERIFIER_SUFFIX,
+                  embedded.artifact("verifier", format), max_tokens=1)
+    assert verdict["text"].strip() in ("yes", "no")
