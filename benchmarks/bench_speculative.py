@@ -42,21 +42,21 @@ SHAPE_PROMPTS = [
 ]
 
 
-def embedded_family(threads: int, layers: list[int]) -> dict:
+def embedded_family(threads: int, layers: list[int], runtime: str = "llama.cpp") -> dict:
     from edgetts import arithmetic, embedded
     from edgetts.drafters import EarlyExitDrafter, ModelDrafter, NGramDrafter
-    from edgetts.runtimes.llamacpp import LlamaCppEngine
+    from edgetts.runtimes import load
 
-    target_path = embedded.artifact("generator", "gguf")
-    open_engine = lambda path: LlamaCppEngine(path, n_seq_max=1, n_ctx=1024, n_threads=threads)  # noqa: E731
+    fmt = {"llama.cpp": "gguf", "onnxruntime": "onnx"}[runtime]
+    options = dict(n_seq_max=1, n_ctx=1024, n_threads=threads, **({"device": "cpu"} if fmt == "onnx" else {}))
+    target_path = embedded.artifact("generator", fmt)
     drafters = {"ngram": NGramDrafter}
     if "draft" in {m.name for m in embedded.list_models()}:  # trained after the generator; may not be here yet
-        drafters["draft-model"] = lambda: ModelDrafter(open_engine(embedded.artifact("draft", "gguf")), "draft-model")
+        drafters["draft-model"] = lambda: ModelDrafter(load(embedded.artifact("draft", fmt), **options), "draft-model")
     for k in layers:
-        drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter.for_model(target_path, k, n_seq_max=1,
-                                                                            n_ctx=1024, n_threads=threads)
+        drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter.for_model(target_path, k, **options)
     problems = [p for p in arithmetic.split("test") if p.level >= 3][::12][:6]
-    return dict(target=str(target_path), engine=open_engine(target_path), drafters=drafters,
+    return dict(target=str(target_path), engine=load(target_path, **options), drafters=drafters,
                 prompts=[p.prompt for p in problems])
 
 
@@ -198,15 +198,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="1 is steady on a busy machine (see ANCHORS.md)")
     parser.add_argument("--layers", default=None, help="early-exit depths, e.g. 2,3 (default: per family)")
+    parser.add_argument("--runtime", choices=["llama.cpp", "onnxruntime"], default="llama.cpp",
+                        help="engine for the embedded family (the shape pair runs on llama.cpp)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    families = {"embedded": (embedded_family, None), "shape": (shape_family, [6])}  # None: a quarter and a half
+    embedded_build = lambda threads, layers: embedded_family(threads, layers, args.runtime)  # noqa: E731
+    families = {"embedded": (embedded_build, None), "shape": (shape_family, [6])}  # None: a quarter and a half
     results = json.loads(RESULTS.read_text()).get("families", {}) if RESULTS.exists() else {}
     for name, (build, default_layers) in families.items():
         if args.family not in (name, "all"):
             continue
         layers = [int(k) for k in args.layers.split(",")] if args.layers else default_layers or quarter_and_half()
-        results[name] = measure(build(args.threads, layers), args.tokens, args.repeats)
+        key = f"{name}-onnx" if name == "embedded" and args.runtime == "onnxruntime" else name
+        results[key] = measure(build(args.threads, layers), args.tokens, args.repeats)
+        name = key
         results[name]["command"] = "python benchmarks/bench_speculative.py " + " ".join(sys.argv[1:])
         print(json.dumps({name: results[name]}, indent=1))
     out = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(), threads=args.threads,
