@@ -21,15 +21,16 @@ def make_profile(**overrides) -> DeviceProfile:
 
 @pytest.fixture(scope="module")
 def measured():
-    engine = SlowEngine(delay=0.002, script=answering_script(), n_seq_max=17)
+    engine = SlowEngine(delay=0.01, script=answering_script(), n_seq_max=17)
     return measure_profile(engine, name="slow", model="fake", steps=3, repeats=1, load_seconds=0.5)
 
 
 def test_measure_profile_times_prefill_and_every_batch_size(measured):
     assert measured.batch == [1, 2, 4, 8, 16] and measured.source == "measured"
-    # the slowed engine sleeps 2 ms * (1 + 0.25 (n - 1)) per step
-    assert measured.step_seconds[0] == pytest.approx(0.002, rel=0.5, abs=0.0015)
-    assert measured.step_seconds[-1] > 2.5 * measured.step_seconds[0]
+    # The slowed engine sleeps 10 ms * (1 + 0.25 (n - 1)) per step: the sleep is a floor, and a busy
+    # machine only adds to it, so check the floor and the growth with batch size (4.75x noise-free).
+    assert measured.step_seconds[0] >= 0.01
+    assert measured.step_seconds[-1] > 2 * measured.step_seconds[0]
     assert measured.prefill_s(64) > 0 and measured.load_seconds == 0.5
 
 
