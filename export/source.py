@@ -53,6 +53,7 @@ class Checkpoint:
             raise ModelNotFoundError(f"{folder} holds no weights (*.safetensors or pytorch_model*.bin)")
         self._where: dict[str, Path] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, str] = {}
         self._index()
 
     @property
@@ -71,14 +72,15 @@ class Checkpoint:
 
     def load(self, name: str) -> np.ndarray:
         """One tensor as float32 numpy (bf16/f16 sources are widened here, one tensor at a time)."""
-        if self._files:
-            from safetensors import safe_open
+        if not self._files:
+            return self._bin_state(self._where[name])[name].float().numpy()
+        from safetensors import safe_open
 
-            with safe_open(self._where[name], framework="pt") as f:
-                tensor = f.get_tensor(name)
-        else:
-            tensor = self._bin_state(self._where[name])[name]
-        return tensor.float().numpy()
+        # numpy reads every dtype but bf16 without torch, so exporting the built-in models needs no torch.
+        framework = "pt" if self._dtypes[name] == "BF16" else "numpy"
+        with safe_open(self._where[name], framework=framework) as f:
+            tensor = f.get_tensor(name)
+        return tensor.float().numpy() if framework == "pt" else tensor.astype(np.float32, copy=False)
 
     def tensors(self) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield from self._shapes.items()
@@ -89,10 +91,11 @@ class Checkpoint:
             from safetensors import safe_open
 
             for path in self._files:
-                with safe_open(path, framework="pt") as f:
+                with safe_open(path, framework="numpy") as f:
                     for name in f.keys():
                         self._where[name] = path
                         self._shapes[name] = tuple(f.get_slice(name).get_shape())
+                        self._dtypes[name] = f.get_slice(name).get_dtype()
             return
         for path in self._bin:
             for name, tensor in self._bin_state(path).items():

@@ -71,3 +71,16 @@ except edgetts.EdgettsError as exc:
 """
     out = run_python(code, cwd=REPO)
     assert "pip install" in out and "torch" in out
+
+
+def test_the_main_job_exports_the_built_in_model_without_torch(tmp_path):
+    """`pip install edgetts` (no export extra) must still turn the built-in weights into a GGUF."""
+    no_torch = BLOCK_HEAVY.replace(repr(HEAVY), repr(["torch", "transformers", "optimum", "onnx"]))
+    out = tmp_path / "generator.gguf"
+    code = no_torch + f"""
+from edgetts import embedded
+from edgetts.export import export
+report = export(embedded.path("generator"), {str(out)!r}, format="gguf", quant="q8_0", progress=False)
+print(report.size_bytes)
+"""
+    assert int(run_python(code, cwd=REPO)) == out.stat().st_size > 0
