@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, MaxTokensOpt, ModelOpt, NOpt, RuntimeOpt, SeedOpt,
+                                 StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
 from edgetts.errors import EdgettsError
 
 app = typer.Typer(
@@ -102,10 +104,6 @@ def parse_budget(text: str) -> float:
     return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
 
 
-from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, MaxTokensOpt, ModelOpt, NOpt,  # noqa: E402
-                                 RuntimeOpt, SeedOpt, StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
-
-
 @app.command()
 def run(
     prompt: str = typer.Argument(..., help="The question or text to continue."),
@@ -135,8 +133,6 @@ def run(
     result = run_prompt(prompt, model, draft, params, max_tokens, n, tuple(stop or ()), runtime=runtime,
                         device=device, threads=threads, on_text=stream)
     print_result(result, as_json=as_json, streamed=stream is not None, stats=stats)
-
-
 
 
 @app.command("profile")
