@@ -7,8 +7,8 @@ import sys
 
 import typer
 
-from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, MaxTokensOpt, ModelOpt, NOpt, RuntimeOpt, SeedOpt,
-                                 StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
+from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, LimitOpt, MaxTokensOpt, ModelOpt, NOpt, RuntimeOpt,
+                                 SeedOpt, StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
 from edgetts.errors import EdgettsError
 
 app = typer.Typer(
@@ -164,7 +164,7 @@ def calibrate(
     model: str = ModelOpt, runtime: str = RuntimeOpt,
     data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded task's dev split."),
     n: int = typer.Option(32, "--n", help="Samples per problem (>= 2x the largest N you want planned)."),
-    limit: int = typer.Option(None, "--limit", help="Use only this many problems (spread over the set)."),
+    limit: int = LimitOpt,
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
     max_tokens: int = typer.Option(160, "--max-tokens", help="Longest answer drawn while calibrating."),
     reuse: bool = typer.Option(False, "--reuse-samples", help="Re-fit from the samples saved last time (new verifiers score them)."),
@@ -190,7 +190,7 @@ def calibrate(
 def bench(
     model: str = ModelOpt, runtime: str = RuntimeOpt,
     data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded test split."),
-    limit: int = typer.Option(None, "--limit", help="Use only this many problems (spread over the set)."),
+    limit: int = LimitOpt,
     multiples: str = typer.Option("1,2,4,8,16,30", "--budgets", help="Budgets as multiples of greedy's median latency."),
     out: str = typer.Option("benchmarks/results/controller.json", "--out", "-o", help="JSON path; the plot goes beside it (.png)."),
 ) -> None:

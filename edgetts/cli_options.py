@@ -19,3 +19,4 @@ NOpt = typer.Option(1, "--n", help="Number of samples, decoded together from one
 StopOpt = typer.Option(None, "--stop", help="Stop at this text (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of streaming text.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for the engine (default: the engine's; 1 is steadiest on a busy machine).")
+LimitOpt = typer.Option(None, "--limit", help="Use only this many problems (spread over the set).")
