@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 from edgetts import arithmetic
+from edgetts.calibration import auroc as calibration_auroc
+from edgetts.calibration import fit_coverage, pass_at_k
 from edgetts.embedded import VERIFIER_SUFFIX, VERIFIER_WORDS, path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -110,37 +112,17 @@ def majority(answers: list[int | None], weights: list[float] | None = None) -> i
     return max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
 def fit_power_law(ks: list[int], coverage: list[float]) -> dict:
-    """Least squares of log(-log c) = log(-a) + b log k, i.e. c(k) ~ exp(a * k^b)."""
-    pts = [(math.log(k), math.log(-math.log(c))) for k, c in zip(ks, coverage) if 0 < c < 1]
-    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
-    b = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
-    a = -math.exp(my - b * mx)
+    """c(k) ~ exp(a * k^b), fitted by the calibration's regression, with its worst error on these points."""
+    a, b = fit_coverage(ks, coverage)
     worst = max(abs(math.exp(a * k ** b) - c) for k, c in zip(ks, coverage))
     return {"a": round(a, 4), "b": round(b, 4), "max_abs_error": round(worst, 4)}
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float:
     """Probability that a random correct sample outscores a random wrong one (ties count half)."""
-    pos = [s for s, l in zip(scores, labels) if l]
-    neg = [s for s, l in zip(scores, labels) if not l]
-    ranked = sorted(scores)
-    rank = {}
-    for i, s in enumerate(ranked):  # average rank for ties
-        rank.setdefault(s, []).append(i + 1)
-    mean_rank = {s: sum(r) / len(r) for s, r in rank.items()}
-    u = sum(mean_rank[s] for s in pos) - len(pos) * (len(pos) + 1) / 2
-    return u / max(1, len(pos) * len(neg))
+    return calibration_auroc([s for s, l in zip(scores, labels) if l], [s for s, l in zip(scores, labels) if not l])
 
-
-# --- the measurements ----------------------------------------------------------------------------
 
 def greedy(problems, model, tok) -> dict:
     texts = [g[0] for g in sample(model, tok, [p.prompt for p in problems], max_new_tokens=MAX_NEW_TOKENS)]
