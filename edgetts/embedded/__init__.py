@@ -12,11 +12,11 @@ model card, and `edgetts.arithmetic` for the task.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgetts.errors import ModelNotFoundError, choice_error
+from edgetts.profile import cache_dir  # one cache directory for profiles, calibrations and exports
 
 MODELS_DIR = Path(__file__).resolve().parent
 NAMES = ("generator", "draft", "verifier")
@@ -74,14 +74,6 @@ def list_models() -> list[BuiltIn]:
 
 def model_card() -> str:
     return (MODELS_DIR / "README.md").read_text()
-
-
-def cache_dir() -> Path:
-    """EDGETTS_CACHE, else $XDG_CACHE_HOME/edgetts, else ~/.cache/edgetts."""
-    if os.environ.get("EDGETTS_CACHE"):
-        return Path(os.environ["EDGETTS_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "edgetts"
 
 
 def artifact(name: str = DEFAULT, format: str = "gguf", quant: str | None = None) -> Path:
