@@ -136,7 +136,7 @@ def write_checkpoint(folder: str | Path, spec: dict, seed: int = 0, init_std: fl
     config = AutoConfig.for_model(spec.pop("model_type"), **spec, initializer_range=init_std,
                                   bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
 

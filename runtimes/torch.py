@@ -27,7 +27,7 @@ class TorchEngine(BaseEngine):
             torch.set_num_threads(n_threads)
         self.device = torch.device(device or "cpu")
         self.model = model or AutoModelForCausalLM.from_pretrained(
-            path, torch_dtype=getattr(torch, dtype), attn_implementation="sdpa"
+            path, dtype=getattr(torch, dtype), attn_implementation="sdpa"
         )
         if n_layers is not None:
             _keep_first_layers(self.model, n_layers)

@@ -32,7 +32,8 @@ def test_sizes_fit_the_budget_and_roles_are_ordered():
     infos = {m.name: m for m in embedded.list_models()}
     assert set(infos) == set(embedded.NAMES)
     assert sum(m.size_bytes for m in infos.values()) <= 30_000_000
-    assert infos["draft"].parameters < infos["generator"].parameters
+    assert 5e6 <= infos["generator"].parameters <= 20e6, "the issue's generator size: ~5-20 M"
+    assert 0.5e6 <= infos["draft"].parameters <= 2e6, "the issue's draft size: ~0.5-2 M"
 
 
 def test_unknown_name_says_which_exist():
@@ -56,12 +57,14 @@ def test_generator_solves_easy_problems_with_worked_steps(generator):
 
 def test_verifier_prefers_correct_solutions():
     model, tok = ev.load("verifier")
-    problems = [p for p in arithmetic.split("dev") if p.level in (2, 3)][:12]
+    # Level 1 only: on harder levels this verifier barely notices a wrong answer line (model card).
+    problems = [p for p in arithmetic.split("dev") if p.level == 1]
     right = [p.prompt + arithmetic.solve(p.expression) for p in problems]
     wrong = [p.prompt + arithmetic.solve(p.expression).replace(f"Answer: {p.answer}", f"Answer: {p.answer + 10}")
              for p in problems]
     good, bad = ev.verifier_scores(model, tok, right), ev.verifier_scores(model, tok, wrong)
-    assert sum(g > b for g, b in zip(good, bad)) >= 9
+    # A coin would prefer the right one 20 +- 3 times; 27 or more happens by chance with p ~ 0.02.
+    assert sum(g > b for g, b in zip(good, bad)) >= 27
 
 
 def test_cache_dir_honours_environment(monkeypatch, tmp_path):
@@ -137,13 +140,39 @@ def test_training_batches_are_deterministic_and_mask_the_prompt():
     from edgetts.embedded.train import lm_batch
 
     tok = Tokenizer.from_file(str(embedded.path() / "tokenizer.json"))
-    ids, labels = lm_batch(tok, step=500, batch=4, seed=0)
-    again, _ = lm_batch(tok, step=500, batch=4, seed=0)
-    assert ids.equal(again)
-    first = tok.decode(ids[0].tolist())
+    batch = lm_batch(tok, step=500, batch=4, seed=0)
+    assert batch["input_ids"].equal(lm_batch(tok, step=500, batch=4, seed=0)["input_ids"])
+    ids, labels, positions = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
+    first = tok.decode(ids[: int((positions[1:] == 0).nonzero()[0]) + 1].tolist())
     assert first.startswith("What is ") and "Answer:" in first
     prompt_len = len(tok.encode(first.split("?")[0] + "?").ids)
-    assert (labels[0, :prompt_len] == -100).all() and (labels[0, prompt_len:] != -100).any()
+    assert (labels[:prompt_len] == -100).all() and (labels[prompt_len:] != -100).any()
+
+
+def test_packed_rows_compute_exactly_what_each_example_alone_would():
+    """Packing lays several problems in one row; the block mask and reset positions must make it exact."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgetts.embedded.train import lm_loss, pack
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    examples = [([1, 2, 3, 4, 5], [-100, -100, 3, 4, 5]), ([6, 7, 8], [-100, 7, 8]),
+                ([9, 10, 11, 12], [-100, -100, -100, 12]), ([13, 14, 15, 16, 17, 18], [-100, 14, 15, 16, 17, 18])]
+    batch = pack(examples, pad_id=0, width=10)
+    assert batch["input_ids"].shape == (2, 10), "18 tokens fit two rows of 10"
+    total = sum(F.cross_entropy(model(input_ids=torch.tensor([ids])).logits[0, :-1], torch.tensor(labels[1:]),
+                                reduction="sum") for ids, labels in examples)
+    n_targets = sum(sum(label != -100 for label in labels[1:]) for _, labels in examples)
+    with torch.no_grad():
+        assert lm_loss(model, batch, exit_weight=0.0).item() == pytest.approx(total.item() / n_targets, rel=1e-5)
+        unmasked = dict(batch, attention_mask=None)  # without the block mask, later examples see earlier ones
+        assert lm_loss(model, unmasked, exit_weight=0.0).item() != pytest.approx(total.item() / n_targets, rel=1e-5)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack([(list(range(11)), list(range(11)))], pad_id=0, width=10)
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def _briefly_trained(folder, out, tokens: list[int], steps: int = 20):
     from transformers import AutoModelForCausalLM
 
     shutil.copytree(folder, out)
-    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     batch = torch.tensor(tokens).view(2, -1)
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_early_exit_drafter_is_the_first_k_layers(tiny_model, tiny_gguf):
     from transformers import AutoModelForCausalLM
 
     folder = tiny_model("llama", 4)
-    cut = AutoModelForCausalLM.from_pretrained(folder, torch_dtype="float32")
+    cut = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
     cut.model.layers = cut.model.layers[:2]
     cut.config.num_hidden_layers = 2
     ours, ref = _engines(tiny_gguf("llama", "f32", layers=2, n_layers=4), folder, model=cut)

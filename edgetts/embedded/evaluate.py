@@ -30,7 +30,7 @@ def load(name: str):
     from transformers import LlamaForCausalLM
 
     folder = path(name)
-    model = LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return model, Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
@@ -302,14 +302,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--out", type=Path, default=RESULTS / "embedded.json")
     parser.add_argument("--samples-only", action="store_true", help="only generate (and cache) the generator's outputs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     if args.samples_only:
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(args.threads)
         generator_outputs(list(arithmetic.split("test")), *load("generator"), args.samples, args.temperature)
         return
-    result = run(args.samples, args.temperature)
+    result = run(args.samples, args.temperature, args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot_pass_at_k(result, args.out.with_name(args.out.stem + "_passk.png"))

@@ -27,19 +27,21 @@ from edgetts.embedded import MODELS_DIR, VERIFIER_SUFFIX, VERIFIER_WORDS
 
 # Architecture per model: a table, not branches. The verifier copies the generator's shape.
 ARCHS = {
-    "generator": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+    "generator": dict(hidden_size=256, intermediate_size=832, num_hidden_layers=6,
                       num_attention_heads=4, num_key_value_heads=2),
-    "draft": dict(hidden_size=96, intermediate_size=256, num_hidden_layers=2,
+    "draft": dict(hidden_size=160, intermediate_size=480, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2),
 }
 # Training recipe per model (lr: AdamW peak; steps of `batch` sequences).
 RECIPES = {
-    "generator": dict(steps=2600, batch=32, lr=3e-3, warmup=100, exit_weight=0.15),
-    "draft": dict(steps=800, batch=32, lr=3e-3, warmup=100, exit_weight=0.0),
-    "verifier": dict(steps=300, batch=32, lr=5e-4, warmup=50, exit_weight=0.0,
-                     problems=600, samples=8),
+    "generator": dict(steps=2600, batch=64, lr=2e-3, warmup=100, exit_weight=0.15),
+    "draft": dict(steps=1000, batch=64, lr=3e-3, warmup=100, exit_weight=0.0),
+    "verifier": dict(steps=300, batch=64, lr=5e-4, warmup=50, exit_weight=0.0,
+                     problems=2000, samples=8),
 }
 LEVEL_WEIGHTS = [0.25, 0.25, 0.2, 0.15, 0.15]  # easy problems are short and teach the basics fastest
+PACK_WIDTH = 160  # tokens per packed training row (the longest training solution is ~130)
+VERIFIER_WIDTH = 256  # the models' context: a sampled solution may run to the 160-token limit
 CURRICULUM = 300  # steps over which levels 2..5 are unlocked one by one
 DECAY = 0.3  # fraction of steps spent cooling the learning rate down
 SEED = 1234
@@ -88,32 +90,58 @@ def level_for(rng: random.Random, step: int) -> int:
     return rng.choices(arithmetic.LEVELS, weights=LEVEL_WEIGHTS)[0]
 
 
-def lm_batch(tok, step: int, batch: int, seed: int):
-    """(ids, labels) for one step: fresh problems, random solution paths, loss on the solution only."""
+def lm_batch(tok, step: int, batch: int, seed: int) -> dict:
+    """One step's inputs: `batch` fresh problems with random solution paths, packed, loss on the solution only."""
     rng = random.Random(f"batch:{seed}:{step}")
     rows = []
     for _ in range(batch):
         prompt, completion = arithmetic.training_text(arithmetic.training_problem(rng, level_for(rng, step)), rng)
         p, c = tok.encode(prompt).ids, tok.encode(completion).ids + [tok.token_to_id("<|endoftext|>")]
         rows.append((p + c, [-100] * len(p) + c))
-    return _pad(rows, tok.token_to_id("<|endoftext|>"))
+    return pack(rows, tok.token_to_id("<|endoftext|>"))
 
 
-def _pad(rows, pad_id):
+def pack(examples: list[tuple[list[int], list[int]]], pad_id: int, width: int = PACK_WIDTH) -> dict:
+    """Examples laid end to end in rows of `width` tokens, each attending only to itself.
+
+    Half of a padded batch of these short, uneven problems would be padding; packing makes every
+    position count. Each example keeps its own positions (0, 1, ...) and a block-diagonal causal mask,
+    so the model computes exactly what it would for the example alone.
+    """
     import torch
 
-    width = max(len(ids) for ids, _ in rows)
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    for ids, labels in sorted(examples, key=lambda e: -len(e[0])):  # first-fit decreasing
+        if len(ids) > width:
+            raise ValueError(f"an example of {len(ids)} tokens does not fit a packed row of {width}")
+        row = next((r for r in rows if sum(len(i) for i, _ in r) + len(ids) <= width), None)
+        if row is None:
+            rows.append(row := [])
+        row.append((ids, labels))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for r, (i, l) in enumerate(rows):
-        ids[r, : len(i)] = torch.tensor(i)
-        labels[r, : len(l)] = torch.tensor(l)
-    return ids, labels
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    segment = torch.full((len(rows), width), -1, dtype=torch.long)  # -1: padding, attends only to padding
+    for r, row in enumerate(rows):
+        start = 0
+        for n, (i, l) in enumerate(row):
+            end = start + len(i)
+            ids[r, start:end], labels[r, start:end] = torch.tensor(i), torch.tensor(l)
+            positions[r, start:end], segment[r, start:end] = torch.arange(len(i)), n
+            start = end
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (segment[:, :, None] == segment[:, None, :]) & causal
+    return dict(input_ids=ids, labels=labels, position_ids=positions, attention_mask=mask[:, None])
 
 
 # --- losses ------------------------------------------------------------------------------------
 
-def lm_loss(model, ids, labels, exit_weight: float):
+def _forward(model, batch: dict, hidden_states: bool = False):
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                 attention_mask=batch["attention_mask"], output_hidden_states=hidden_states)
+
+
+def lm_loss(model, batch: dict, exit_weight: float):
     """Next-token loss at the last layer plus LayerSkip-style losses at layers 1..L-1.
 
     Exit k's weight grows with depth (exit_weight * k / (L-1)): deep exits should agree closely,
@@ -121,8 +149,8 @@ def lm_loss(model, ids, labels, exit_weight: float):
     """
     import torch.nn.functional as F
 
-    out = model(input_ids=ids, output_hidden_states=exit_weight > 0)
-    target = labels[:, 1:].reshape(-1)
+    out = _forward(model, batch, hidden_states=exit_weight > 0)
+    target = batch["labels"][:, 1:].reshape(-1)
     loss = F.cross_entropy(out.logits[:, :-1].reshape(-1, out.logits.shape[-1]), target)
     if exit_weight > 0:
         n = model.config.num_hidden_layers
@@ -133,12 +161,12 @@ def lm_loss(model, ids, labels, exit_weight: float):
     return loss
 
 
-def verifier_loss(model, ids, labels, exit_weight: float = 0.0):
+def verifier_loss(model, batch: dict, exit_weight: float = 0.0):
     """Cross-entropy of ` yes`/` no` at the last prompt position (labels hold the target id there)."""
     import torch.nn.functional as F
 
-    logits = model(input_ids=ids).logits
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    logits = _forward(model, batch).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -164,8 +192,8 @@ def train(name: str, work: Path, steps: int | None = None, save_every: int = 50,
     for step in range(start, recipe["steps"]):
         for group in opt.param_groups:
             group["lr"] = _lr(step, recipe)
-        ids, labels = batches(step)
-        loss = loss_fn(model, ids, labels, recipe["exit_weight"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # AMX/AVX-512 bf16 matmuls; weights stay fp32
+            loss = loss_fn(model, batches(step), recipe["exit_weight"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -186,18 +214,20 @@ def train(name: str, work: Path, steps: int | None = None, save_every: int = 50,
 def initial_model(name: str, tokenizer_dir: Path):
     if name != "verifier":
         return build_model(name, tokenizer_dir)
+    import torch
     from transformers import LlamaForCausalLM
 
     generator = MODELS_DIR / "generator"
     if not (generator / "model.safetensors").is_file():
         raise SystemExit("train the generator first: python -m edgetts.embedded.train generator")
-    return LlamaForCausalLM.from_pretrained(generator)
+    return LlamaForCausalLM.from_pretrained(generator, dtype=torch.float32)
 
 
 def batch_source(name: str, tok, recipe: dict, work: Path):
     if name != "verifier":
         return lambda step: lm_batch(tok, step, recipe["batch"], SEED)
-    examples = verifier_examples(work, recipe)
+    examples = contrastive(verifier_examples(work, recipe))
+    print(f"verifier training on {len(examples)} samples of problems with both right and wrong samples", flush=True)
     yes, no = (tok.encode(w).ids for w in VERIFIER_WORDS)
     assert len(yes) == len(no) == 1, "the verifier words must be single tokens"
 
@@ -207,7 +237,7 @@ def batch_source(name: str, tok, recipe: dict, work: Path):
         for text, label in rng.sample(examples, recipe["batch"]):
             ids = tok.encode(text + VERIFIER_SUFFIX).ids
             rows.append((ids + [(yes if label else no)[0]], [-100] * len(ids) + [(yes if label else no)[0]]))
-        return _pad(rows, tok.token_to_id("<|endoftext|>"))
+        return pack(rows, tok.token_to_id("<|endoftext|>"), width=VERIFIER_WIDTH)
 
     return batch
 
@@ -230,6 +260,19 @@ def verifier_examples(work: Path, recipe: dict) -> list[tuple[str, bool]]:
           f"{time.time() - t0:.0f}s", flush=True)
     cache.write_text(json.dumps(examples))
     return examples
+
+
+def contrastive(examples: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Only the problems whose samples are both right and wrong.
+
+    Where every sample is right (easy) or every one wrong (hard), the label says how hard the problem
+    is, and a verifier trained on those learns difficulty: it separates problems, not the samples of
+    one problem, and best-of-N needs the latter.
+    """
+    labels: dict[str, set] = {}
+    for text, label in examples:
+        labels.setdefault(text.split("?")[0], set()).add(label)
+    return [(text, label) for text, label in examples if len(labels[text.split("?")[0]]) == 2]
 
 
 def _lr(step: int, recipe: dict) -> float:
@@ -279,11 +322,13 @@ def _resume(state_dir: Path, model, opt, ema):
 
 
 def save(name: str, model, tokenizer_dir: Path, info: dict) -> Path:
+    import torch
     from transformers import GenerationConfig
 
     out = MODELS_DIR / name
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    # float16 halves what ships (the three fit in 30 MB); every loader reads them back as float32.
+    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
     eos = model.config.eos_token_id
     GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=False,
                      max_new_tokens=160).save_pretrained(out)
