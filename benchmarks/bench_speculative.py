@@ -152,9 +152,10 @@ def goals(results: dict) -> dict:
         return max((r["speedup"] for r in rows), default=None)
 
     with_switch = [r["speedup"] for fam in results.values() for r in fam.get("drafters", []) if r["mode"] != "no-switch"]
+    engines = {"llama.cpp": "embedded", "onnxruntime": "embedded-onnx"}
     return {
-        "draft_model_embedded_>=1.5x": best("embedded", "draft-model"),
-        "early_exit_embedded_>=1.2x": best("embedded", "early-exit"),
+        "draft_model_embedded_>=1.5x": {engine: best(fam, "draft-model") for engine, fam in engines.items()},
+        "early_exit_embedded_>=1.2x": {engine: best(fam, "early-exit") for engine, fam in engines.items()},
         "never_below_0.95x_with_switch": min(with_switch, default=None),
         "all_outputs_equivalent": all(r["equivalent"] for fam in results.values() for r in fam.get("drafters", [])),
     }
