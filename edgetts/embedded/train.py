@@ -2,14 +2,16 @@
 
 Deterministic (seeded; every batch is drawn from a generator seeded by its step), resumable (state is
 checkpointed every `--save-every` steps under `--work`; rerunning the same command continues), and
-sized to finish within an hour on one CPU thread. Weights land in `edgetts/embedded/<name>/`.
+sized to finish within an hour each on 2 CPU cores (`--threads 2`; the model card has the times).
+Weights land in `edgetts/embedded/<name>/` as float16.
 
 - generator: a Llama trained on fresh problems every batch (loss on the solution only), with a
   LayerSkip-style auxiliary loss at every intermediate layer (final norm + tied head on that layer's
   output), so its first K layers are a usable self-speculative drafter.
 - draft: a smaller Llama on the same data, for speculative decoding.
 - verifier: starts from the generator's weights and learns to answer ` yes`/` no` after
-  `<prompt><solution>\\nCorrect?`, on the generator's own samples labelled by the checker.
+  `<prompt><solution>\\nCorrect?`, on the generator's own samples labelled by the checker (only
+  problems with both right and wrong samples: see `contrastive`).
 """
 
 from __future__ import annotations
