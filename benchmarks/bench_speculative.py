@@ -36,6 +36,7 @@ BENCH_ROOT = Path("/tmp/edgetts-bench")
 # "switch": a fresh policy per request (what one `edgetts run` process gets); "switch-warm": the
 # drafter's own policy, kept across requests (a server); "no-switch": speculation always on.
 MODES = {"switch": dict(auto_off=True), "switch-warm": {}, "no-switch": dict(auto_off=False)}
+EMBEDDED_KEYS = {"llama.cpp": "embedded", "onnxruntime": "embedded-onnx"}  # results key per engine
 SHAPE_PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n\n",
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
@@ -152,10 +153,9 @@ def goals(results: dict) -> dict:
         return max((r["speedup"] for r in rows), default=None)
 
     with_switch = [r["speedup"] for fam in results.values() for r in fam.get("drafters", []) if r["mode"] != "no-switch"]
-    engines = {"llama.cpp": "embedded", "onnxruntime": "embedded-onnx"}
     return {
-        "draft_model_embedded_>=1.5x": {engine: best(fam, "draft-model") for engine, fam in engines.items()},
-        "early_exit_embedded_>=1.2x": {engine: best(fam, "early-exit") for engine, fam in engines.items()},
+        "draft_model_embedded_>=1.5x": {engine: best(fam, "draft-model") for engine, fam in EMBEDDED_KEYS.items()},
+        "early_exit_embedded_>=1.2x": {engine: best(fam, "early-exit") for engine, fam in EMBEDDED_KEYS.items()},
         "never_below_0.95x_with_switch": min(with_switch, default=None),
         "all_outputs_equivalent": all(r["equivalent"] for fam in results.values() for r in fam.get("drafters", [])),
     }
@@ -210,7 +210,7 @@ def main() -> None:
         if args.family not in (name, "all"):
             continue
         layers = [int(k) for k in args.layers.split(",")] if args.layers else default_layers or quarter_and_half()
-        key = f"{name}-onnx" if name == "embedded" and args.runtime == "onnxruntime" else name
+        key = EMBEDDED_KEYS[args.runtime] if name == "embedded" else name
         results[key] = measure(build(args.threads, layers), args.tokens, args.repeats)
         name = key
         results[name]["command"] = "python benchmarks/bench_speculative.py " + " ".join(sys.argv[1:])

@@ -192,7 +192,7 @@ class Controller:
             natural = int(lengths["cap"])  # calibration samples hit their cap: longer ones were never seen
         return min(user_cap or natural, natural)
 
-    def explain(self, plan: Plan, budget: float, difficulty: float) -> str:
+    def explain(self, plan: Plan, budget: float, difficulty: float | None) -> str:
         greedy = self.calibration.accuracy(PlanKey("greedy", 1, 1), difficulty)
         stop = f", stopping early when the vote is settled (waves of {plan.key.wave})" if plan.key.adaptive else ""
         return (f"{plan.name}: expected accuracy {plan.expected_accuracy:.0%} (greedy {greedy:.0%}), predicted "
@@ -210,7 +210,7 @@ class Controller:
         decided = time.monotonic()
         run = _Execution(self, plan, prompt, ids, deadline=start + budget, difficulty=difficulty)
         run.go()
-        answer = run.answer(budget, start, (decided - start) * 1e3, difficulty)
+        answer = run.answer(budget, start, (decided - start) * 1e3)
         self._log(answer, budget, len(ids), difficulty, truth)
         if self.profile_path:
             save_profile(self.profile, self.profile_path)
@@ -288,7 +288,7 @@ class _Execution:
             new = [self._draw_speculative(params, stop_at)]
         else:
             new = sample_n(self.c.engine, self.ids, size, params, self.plan.max_tokens, deadline=stop_at)
-        self._observe_decode(new, time.monotonic() - began)
+        self.c.observe_wave(len(self.ids), new, time.monotonic() - began)
         self.completions += new
         self.waves += 1
         if any(c.finish_reason == "deadline" for c in new):
@@ -316,9 +316,6 @@ class _Execution:
     def _verify_reserve(self, size: int) -> float:
         name = self.plan.key.verifier
         return self.c.profile.verify_s(size) if name in self.c.cost.generative else 0.0
-
-    def _observe_decode(self, new: list[Completion], actual: float) -> None:
-        self.c.observe_wave(len(self.ids), new, actual)
 
     def _score(self, new: list[Completion]) -> None:
         name = self.plan.key.verifier
@@ -352,11 +349,11 @@ class _Execution:
         scores = self.scores if strategy in NEEDS_SCORES else None
         return aggregate(strategy, self.completions, scores, extract=self.c.extract), strategy
 
-    def answer(self, budget: float, start: float, decision_ms: float, difficulty: float) -> Answer:
+    def answer(self, budget: float, start: float, decision_ms: float) -> Answer:
         choice, used = self.choice()
         text = self.completions[choice.index].text if choice.index >= 0 else ""
         latency = time.monotonic() - start
-        explanation = self.c.explain(self.plan, budget, difficulty)
+        explanation = self.c.explain(self.plan, budget, self.difficulty)
         if used != self.plan.key.strategy and self.plan.key.strategy != "greedy":
             explanation += f"; verifier skipped by the deadline guard, used {used}"
         truncated = any(c.finish_reason == "deadline" for c in self.completions)

@@ -22,9 +22,10 @@ from edgetts.profile import DeviceProfile, load_profile, measure_profile, profil
 from edgetts.verifiers import CheckerVerifier, GenerativeVerifier, ProductVerifier
 
 N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
-# The embedded models are ~1 M parameters: a decode step is microseconds of work, so a second
-# thread only adds synchronisation, and on a busy machine llama.cpp's spinning thread pool stalls
-# (measured on the 2-core build VM at load 6: greedy 0.06 s with 1 thread, 0.3-31 s with 2).
+# The embedded models are small (5 M parameters: a decode step is about a millisecond), so a
+# second thread mostly adds synchronisation, and on a busy machine llama.cpp's spinning thread pool
+# stalls (measured on the 2-core build VM at load 6 with the earlier 0.8 M generator: greedy 0.06 s
+# with 1 thread, 0.3-31 s with 2).
 EMBEDDED_THREADS = 1
 EMBEDDED = "embedded"
 SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the dev split
