@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgetts.errors import ConfigError, ModelNotFoundError
@@ -69,7 +70,8 @@ def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
         engine = load(model, runtime=runtime, device=device, **threading, **({"n_seq_max": n} if n > 1 else {}))
         load_s = time.perf_counter() - start
         if n == 1:
-            result = _one(engine, prompt, params, max_tokens, stop, chat, drafter, on_text)
+            with _remembered(drafter, model, engine, threads):
+                result = _one(engine, prompt, params, max_tokens, stop, chat, drafter, on_text)
         else:
             result = _many(engine, prompt, params, max_tokens, stop, chat, n)
     finally:
@@ -80,6 +82,21 @@ def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
     result["stats"].update(model=str(model), runtime=engine.info.runtime, device=engine.info.device,
                            load_s=round(load_s, 4))
     return result
+
+
+@contextmanager
+def _remembered(drafter, model: Path, engine, threads: int | None):
+    """Give the drafter what earlier requests learned on this device (costs, acceptance, whether it
+    is switched off) and save what this one adds, so each process does not pay to re-probe."""
+    if drafter is None:
+        yield
+        return
+    from edgetts.speculative import policy_file, remember_policy, remembered_policy
+
+    path = policy_file(str(model.resolve()), drafter.name, engine.info.runtime, engine.info.device, str(threads))
+    drafter.policy = remembered_policy(path)
+    yield
+    remember_policy(drafter.policy, path)
 
 
 def _one(engine, prompt, params, max_tokens, stop, chat, drafter, on_text) -> dict:

@@ -8,15 +8,19 @@ token is drawn from norm(max(0, p - q)); if every draft is kept, a bonus token i
 target. p and q are post-sampler distributions (same temperature, top-k/p, min-p, penalty), so
 the output distribution is exactly the target's.
 
-`DraftPolicy` adapts the draft length to the measured acceptance rate and switches speculation
-off while it is slower than plain decoding (re-probing after a cooldown that doubles each time).
+`DraftPolicy` picks the draft length from a cost model fitted to the timings of this run (draft
+step, target pass per width, acceptance) and switches speculation off while the model predicts
+it slower than plain decoding, re-probing after a cooldown only while it could still pay.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -25,124 +29,197 @@ from edgetts.errors import ConfigError
 from edgetts.sampling import Sampler, draw
 
 
-class Ewma:
-    """Exponentially weighted moving average; None until the first sample."""
+class RecentMin:
+    """The fastest of the last `size` timings: this machine's noise only ever adds time, so the
+    minimum tracks what a step costs, and a slower device shows after `size` slow steps."""
 
-    def __init__(self, weight: float = 0.25):
-        self.weight, self.value = weight, None
+    def __init__(self, size: int = 5, samples=()):
+        self.samples: deque[float] = deque(samples, maxlen=size)
 
-    def add(self, x: float) -> None:
-        self.value = x if self.value is None else (1 - self.weight) * self.value + self.weight * x
-
-
-class Window:
-    """Seconds per committed token over the last `size` rounds: sums, because rounds commit 1..k+1 tokens."""
-
-    def __init__(self, size: int = 8):
-        self.rounds: deque[tuple[float, int]] = deque(maxlen=size)
-
-    def add(self, seconds: float, committed: int) -> None:
-        self.rounds.append((seconds, committed))
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
 
     @property
     def value(self) -> float | None:
-        if not self.rounds:
-            return None
-        return sum(s for s, _ in self.rounds) / sum(c for _, c in self.rounds)
+        return min(self.samples) if self.samples else None
+
+
+def expected_tokens(acceptance: float, k: int) -> float:
+    """Tokens one target pass commits with k drafts at per-token acceptance a: (1 - a^(k+1)) / (1 - a)."""
+    return k + 1.0 if acceptance >= 1.0 else (1 - acceptance ** (k + 1)) / (1 - acceptance)
 
 
 class DraftPolicy:
-    """How many tokens to draft next (0 = a plain step), from what was measured so far.
+    """How many tokens to draft next (0 = a plain step), from a cost model fitted to this run's timings.
 
-    - Draft length: the onnxruntime-genai rule: acceptance EWMA < 50 % shortens the draft by one,
-      >= 75 % lengthens it, within [k_min, k_max]. It starts at 1, the cheapest probe.
-    - Off-switch: the first `warmup` steps are plain, to time plain decoding. After `probe_rounds`
-      speculative rounds, whenever seconds per committed token (over the last 8 rounds) exceed
-      plain decoding's by more than `margin` (timing noise must not switch off a useful drafter), speculation
-      stops for `cooldown` plain tokens (doubling after each failed probe), then is probed again
-      at the shortest draft length, the cheapest probe. Every `refresh` speculative tokens, `warmup`
-      plain steps re-time plain decoding, so a stale baseline (a cold first step, a busier machine)
-      cannot keep a losing drafter on.
+    A round of k drafts commits E(k) = (1 - a^(k+1)) / (1 - a) tokens at per-token acceptance a
+    (RESEARCH.md 3.1) and takes T(k) seconds: k draft steps plus one target pass over k + 1
+    tokens, with whatever each costs on this device (a compute-bound pass that grows with its
+    width, two models evicting each other from the cache, Python overhead). The policy times T(k)
+    for each k it drafts and T(0) = a plain step (the fastest of the last five of each), and reads
+    T between and beyond those points off straight lines through its neighbours. Predicted speedup: E(k) * T(0) / T(k). Acceptance is
+    counted per token, recent rounds weighted most, from a prior of `prior_acceptance`.
+
+    - Draft length: the k with the best predicted speedup, at most one longer than any timed so
+      far (the model is trusted only next to where it was measured). It starts at 1, the cheapest probe.
+    - Off-switch: the first `warmup` steps are plain, to time them. While the best prediction is
+      below `margin`, speculation stops for a cooldown of plain tokens: `cooldown`, doubled after
+      each failed probe, and long enough that a failed probe (the drafter catching up on skipped
+      text plus its losing rounds) costs at most `probe_share` of the plain time in between. At the
+      end of a cooldown the probe is skipped unless acceptance 0.9 would win by 10 % at the costs
+      measured (a drafter this device cannot make pay). Every `refresh` speculative tokens, `warmup`
+      plain steps re-time T(0) from scratch, so a stale baseline (a cold first step, a busier
+      machine) cannot keep a losing drafter on.
 
     A drafter keeps its policy across generations (`policy_for`), so what was learned on this
-    device (draft length, a switched-off drafter's cooldown) carries over to the next request.
+    device (draft length, costs, a switched-off drafter's cooldown) carries over to the next request.
     """
 
+    DECAY = 0.8  # weight of older rounds in the acceptance count: about the last five rounds matter
+    HOPEFUL_ACCEPTANCE, HOPEFUL_GAIN = 0.9, 1.1  # re-probe only where a good run would clearly pay
+
     def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, probe_rounds: int = 1, cooldown: int = 32, margin: float = 1.05,
-                 refresh: int = 48):
+                 warmup: int = 2, cooldown: int = 32, margin: float = 1.0, refresh: int = 64,
+                 probe_share: float = 0.03, prior_acceptance: float = 0.6):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
+        if not 0.0 <= prior_acceptance < 1.0:
+            raise ConfigError(f"prior_acceptance={prior_acceptance} is invalid: need 0 <= prior_acceptance < 1")
         self.k, self.k_min, self.k_max = k, k_min, k_max
-        self.adaptive, self.auto_off = adaptive, auto_off
-        self.probe_rounds, self.cooldown, self.margin = probe_rounds, cooldown, margin
-        self.warmup, self.refresh, self.since_plain, self.refreshing = warmup, refresh, 0, False
-        self.plain_s, self.spec_s, self.acceptance = Ewma(), Window(), Ewma()
-        self.off_left = warmup if auto_off else 0
-        self.failures = self.probe = 0
-        self.rounds = self.drafted = self.accepted = self.spec_tokens = self.plain_tokens = self.switched_off = 0
+        self.adaptive, self.auto_off, self.margin = adaptive, auto_off, margin
+        self.warmup, self.cooldown, self.refresh, self.probe_share = warmup, cooldown, refresh, probe_share
+        self.plain_s, self.round_s = RecentMin(), {}  # round_s: drafts per round -> RecentMin of its seconds
+        self.kept, self.missed = 2 * prior_acceptance, 2 * (1 - prior_acceptance)
+        self.off_left, self.since_plain, self.failures, self.probe_cost = warmup, 0, 0, 0.0
+        self.start_generation()
 
+    # what to do next ---------------------------------------------------------------------------
     def draft_length(self) -> int:
         return 0 if self.off_left > 0 else self.k
 
+    @property
+    def acceptance(self) -> float:
+        return self.kept / (self.kept + self.missed)
+
+    def predicted_speedup(self, k: int, acceptance: float | None = None) -> float | None:
+        """Speedup of drafting k tokens over plain decoding; None until both have been timed."""
+        seconds = self.round_seconds(k)
+        if seconds is None:
+            return None
+        a = self.acceptance if acceptance is None else acceptance
+        return expected_tokens(a, k) * self.plain_s.value / seconds
+
+    def round_seconds(self, k: int) -> float | None:
+        """T(k): timed, or on the line through the nearest timed rounds (T(0) is a plain step)."""
+        if self.plain_s.value is None or not self.round_s:
+            return None
+        points = [(0, self.plain_s.value)] + sorted((n, e.value) for n, e in self.round_s.items())
+        below = [p for p in points if p[0] <= k][-2:]  # extrapolation uses the last two
+        above = [p for p in points if p[0] > k][:1]
+        (k0, t0), (k1, t1) = (below[-1], above[0]) if above else below
+        return t0 + max(t1 - t0, 0.0) * (k - k0) / (k1 - k0) if k1 != k0 else t0
+
+    def _best(self, acceptance: float | None = None, k_max: int | None = None) -> tuple[int, float | None]:
+        ks = range(self.k_min, (k_max or self.k_max) + 1)
+        scored = [(s, k) for k in ks if (s := self.predicted_speedup(k, acceptance)) is not None]
+        if not scored:
+            return self.k, None
+        speedup, k = max(scored)
+        return k, speedup
+
+    # what was measured -------------------------------------------------------------------------
     def record_plain(self, seconds: float) -> None:
         self.plain_s.add(seconds)
         self.plain_tokens += 1
         self.since_plain = 0
         if self.off_left > 0:
             self.off_left -= 1
-            if self.off_left == 0 and not self.refreshing:  # start a fresh probe of speculation
-                self.spec_s, self.probe = Window(), 0
-            self.refreshing = self.refreshing and self.off_left > 0
+            if self.off_left == 0 and self.auto_off and not self._worth_probing():
+                self._switch_off(probe_failed=False)
+
+    def record_catch_up(self, seconds: float) -> None:
+        """The drafter caught up on text it skipped while off: part of what a probe costs."""
+        self.probe_cost += seconds
+        self.spec_seconds += seconds
 
     def record_round(self, drafted: int, accepted: int, seconds: float) -> None:
+        """One round: `drafted` drafts (0: the drafter had none), `accepted` of them kept, `seconds` in all."""
         committed = accepted + 1
-        self.spec_s.add(seconds, committed)
         self.rounds += 1
-        self.probe += 1
         self.spec_tokens += committed
+        self.spec_seconds += seconds
         self.since_plain += committed
-        if self.auto_off and self.since_plain >= self.refresh:  # re-time plain decoding
-            self.off_left, self.refreshing, self.plain_s = self.warmup, True, Ewma()
-        if drafted:
+        if not drafted:  # nothing to draft (an n-gram miss): the pass was a plain step after all
+            self.plain_s.add(seconds)
+        else:
             self.drafted += drafted
             self.accepted += accepted
-            self.acceptance.add(accepted / drafted)
-            self._adapt_length()
-        self._maybe_switch_off()
+            self.kept = self.DECAY * self.kept + accepted
+            self.missed = self.DECAY * self.missed + (accepted < drafted)
+            self.round_s.setdefault(drafted, RecentMin()).add(seconds)
+        if self.plain_s.value is not None:
+            self.probe_cost += seconds - committed * self.plain_s.value
+        self._choose()
+        if self.auto_off and self.since_plain >= self.refresh and self.off_left == 0:
+            self.off_left, self.plain_s = self.warmup, RecentMin()  # re-time plain decoding from scratch
 
-    def _adapt_length(self) -> None:
-        if not self.adaptive:
+    def _choose(self) -> None:
+        k, speedup = self._best(k_max=min(self.k_max, max(self.round_s, default=0) + 1))
+        if speedup is None:
             return
-        if self.acceptance.value < 0.5:
-            self.k = max(self.k_min, self.k - 1)
-        elif self.acceptance.value >= 0.75:
-            self.k = min(self.k_max, self.k + 1)
-
-    def _maybe_switch_off(self) -> None:
-        if not self.auto_off or self.probe < self.probe_rounds or self.plain_s.value is None:
+        if self.adaptive:
+            self.k = k
+        if not self.auto_off:
             return
-        if self.spec_s.value > self.margin * self.plain_s.value:
-            self.failures += 1
-            self.switched_off += 1
-            self.off_left, self.refreshing = self.cooldown * 2 ** (self.failures - 1), False
-            self.k = self.k_min
+        if speedup < self.margin:
+            self._switch_off(probe_failed=True)
         else:
-            self.failures = 0
+            self.failures, self.probe_cost = 0, 0.0
 
+    def _worth_probing(self) -> bool:
+        _, hopeful = self._best(acceptance=max(self.acceptance, self.HOPEFUL_ACCEPTANCE))
+        return hopeful is None or hopeful >= self.HOPEFUL_GAIN * self.margin
+
+    def _switch_off(self, probe_failed: bool) -> None:
+        self.failures += 1
+        self.switched_off += probe_failed
+        plain = self.plain_s.value or 0.0
+        payback = self.probe_cost / (self.probe_share * plain) if plain and self.probe_cost > 0 else 0
+        self.off_left = max(self.cooldown * 2 ** (self.failures - 1), int(payback))
+        self.k, self.probe_cost = self.k_min, 0.0
+
+    # what carries over to the next process ----------------------------------------------------
+    def state(self) -> dict:
+        """What was learned on this device, as JSON-ready data (`restore` reads it back)."""
+        return dict(k=self.k, plain=list(self.plain_s.samples), kept=self.kept, missed=self.missed,
+                    rounds={str(k): list(r.samples) for k, r in self.round_s.items()},
+                    off_left=self.off_left, failures=self.failures)
+
+    def restore(self, state: dict) -> None:
+        """Continue from `state()` of an earlier policy: no warm-up when plain decoding is already timed."""
+        self.k = min(max(int(state["k"]), self.k_min), self.k_max)
+        self.plain_s = RecentMin(samples=state["plain"])
+        self.round_s = {int(k): RecentMin(samples=v) for k, v in state["rounds"].items()}
+        self.kept, self.missed = float(state["kept"]), float(state["missed"])
+        self.off_left, self.failures = int(state["off_left"]), int(state["failures"])
+
+    # reporting ---------------------------------------------------------------------------------
     def start_generation(self) -> None:
-        """Zero the per-generation counters; keep what was learned (k, speeds, cooldown)."""
+        """Zero the per-generation counters; keep what was learned (k, costs, acceptance, cooldown)."""
         self.rounds = self.drafted = self.accepted = self.spec_tokens = self.plain_tokens = self.switched_off = 0
+        self.spec_seconds = 0.0
 
     def stats(self) -> dict:
-        rate = lambda s: round(1 / s.value, 2) if s.value else None  # noqa: E731
+        _, predicted = self._best()
         return dict(
             acceptance_rate=round(self.accepted / self.drafted, 4) if self.drafted else None,
             mean_accepted=round(self.accepted / self.rounds, 3) if self.rounds else None,
             rounds=self.rounds, drafted=self.drafted, accepted=self.accepted,
             speculative_tokens=self.spec_tokens, plain_tokens=self.plain_tokens,
             draft_length=self.k, switched_off=self.switched_off,
-            plain_tok_s=rate(self.plain_s), speculative_tok_s=rate(self.spec_s),
+            plain_tok_s=round(1 / self.plain_s.value, 2) if self.plain_s.value else None,
+            speculative_tok_s=round(self.spec_tokens / self.spec_seconds, 2) if self.spec_seconds else None,
+            predicted_speedup=round(predicted, 3) if predicted is not None else None,
         )
 
 
@@ -153,6 +230,31 @@ def policy_for(drafter, **options) -> DraftPolicy:
     if getattr(drafter, "policy", None) is None:
         drafter.policy = DraftPolicy()
     return drafter.policy
+
+
+def policy_file(*key: str) -> Path:
+    """Where the policy for one (model, drafter, settings) on this device is kept between processes."""
+    from edgetts.profile import cache_dir
+
+    return cache_dir() / "speculation" / f"{hashlib.sha1('|'.join(key).encode()).hexdigest()[:16]}.json"
+
+
+def remembered_policy(path: Path) -> DraftPolicy:
+    """The policy an earlier request saved at `path`; a fresh one if there is none (or it is unreadable:
+    it is only a cache of timings)."""
+    policy = DraftPolicy()
+    try:
+        policy.restore(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        policy = DraftPolicy()
+    return policy
+
+
+def remember_policy(policy: DraftPolicy, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(policy.state()))
+    tmp.replace(path)
 
 
 def verify(rows: np.ndarray, drafts: Sequence[int], qs: Sequence[np.ndarray | None], sampler: Sampler,
@@ -214,7 +316,9 @@ def speculative_generate_step(target: Engine, drafter, prompt: Sequence[int], sa
         while True:
             k = _draft_budget(target, seq, policy.draft_length(), limit, len(history) - len(prompt))
             if k and behind:
-                drafter.prepare(history)  # catch up outside the timed round: a probe is judged on its rounds
+                start = time.perf_counter()
+                drafter.prepare(history)
+                policy.record_catch_up(time.perf_counter() - start)
             behind = not k
             start = time.perf_counter()
             drafts, qs = drafter.propose(history, k, sampler) if k else ([], [])

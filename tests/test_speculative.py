@@ -7,6 +7,7 @@ factories), where `models` gives tiny checkpoints (see the `models` fixture).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -148,7 +149,7 @@ def test_ngram_drafts_are_accepted_on_repetitive_text():
         return logits
 
     target = FakeEngine(script=copy_script)
-    r = generate(target, "abcabcabc", max_tokens=30, drafter=NGramDrafter(), auto_off=False)
+    r = generate(target, "abcabcabc", max_tokens=30, drafter=NGramDrafter(), auto_off=False, k=4, adaptive=False)
     assert r.stats["acceptance_rate"] == 1.0 and r.stats["mean_accepted"] > 3
     assert r.stats["rounds"] < 12  # 30 tokens in far fewer target passes
 
@@ -201,7 +202,7 @@ def test_speculative_sampling_reproduces_the_target_distribution(drafter_kind):
     accepted = drafted = 0
     for seed in range(runs):  # token 1 comes from the prompt pass; tokens 2-3 (and 4) from one round of 2 drafts
         r = generate(target, prompt, SamplingParams(temperature=1.0, seed=seed), max_tokens=length,
-                     drafter=drafter, k=2, adaptive=False, auto_off=False)
+                     drafter=drafter, k=2, adaptive=False, auto_off=False, warmup=0)
         counts[tuple(r.tokens[:3])] = counts.get(tuple(r.tokens[:3]), 0) + 1
         accepted, drafted = accepted + r.stats["accepted"], drafted + r.stats["drafted"]
     exact = _exact_joint(target_script, tuple(prompt), 3)
@@ -222,39 +223,86 @@ def test_verify_at_temperature_zero_keeps_the_matching_prefix():
 
 # --- adaptive draft length and the off-switch ---------------------------------------------
 
-def test_draft_length_grows_with_acceptance_and_shrinks_without():
-    policy = DraftPolicy(k=4, auto_off=False)
-    for _ in range(3):
-        policy.record_round(drafted=policy.k, accepted=policy.k, seconds=0.01)
-    assert policy.k == 7
-    for _ in range(12):
-        policy.record_round(drafted=policy.k, accepted=0, seconds=0.01)
-    assert policy.k == 1
+def _timed_plain(policy: DraftPolicy, seconds: float = 0.010, steps: int = 2) -> None:
+    for _ in range(steps):
+        policy.record_plain(seconds)
 
 
-def test_off_switch_turns_speculation_off_when_slower_and_reprobes_later():
-    policy = DraftPolicy(k=4, warmup=2, probe_rounds=3, cooldown=4)
+def memory_bound(width: int) -> float:
+    """A target pass that costs little more for more tokens (10 ms + 1 ms per extra token)."""
+    return 0.010 + 0.001 * (width - 1)
+
+
+def test_draft_length_follows_predicted_speedup():
+    policy = DraftPolicy(k_max=6)
     assert policy.draft_length() == 0  # warm-up: time plain decoding first
-    policy.record_plain(0.010)
-    policy.record_plain(0.010)
-    assert policy.draft_length() == 4
-    for _ in range(3):
-        policy.record_round(drafted=4, accepted=0, seconds=0.030)  # 30 ms per token vs 10 ms plain
+    _timed_plain(policy)
+    assert policy.draft_length() == 1  # the cheapest probe
+    for expected in [2, 3, 4, 5, 6, 6]:  # every draft kept: one wider per round, never past a width not timed
+        k = policy.draft_length()
+        policy.record_round(drafted=k, accepted=k, seconds=0.001 * k + memory_bound(k + 1))
+        assert policy.k == expected
+    assert policy.predicted_speedup(6) > 3
+    lengths = []
+    while policy.draft_length() and len(lengths) < 20:  # nothing kept any more: shorter drafts, then off
+        k = policy.draft_length()
+        lengths.append(k)
+        policy.record_round(drafted=k, accepted=0, seconds=0.001 * k + memory_bound(k + 1))
+    assert lengths == sorted(lengths, reverse=True) and lengths[-1] == 1
     assert policy.draft_length() == 0 and policy.switched_off == 1
-    for _ in range(4):
-        policy.record_plain(0.010)
-    assert policy.draft_length() > 0  # cooldown over: probe again
-    for _ in range(3):
-        policy.record_round(drafted=1, accepted=0, seconds=0.030)
+
+
+def test_off_switch_needs_one_losing_round_and_skips_probes_that_cannot_win():
+    policy = DraftPolicy(cooldown=4, probe_share=1.0)
+    _timed_plain(policy)
+    # Compute-bound target: a pass over n tokens costs n plain steps, so no acceptance can pay.
+    policy.record_round(drafted=1, accepted=1, seconds=0.002 + 0.020)
+    assert policy.draft_length() == 0 and policy.switched_off == 1
+    _timed_plain(policy, steps=4)
+    assert policy.draft_length() == 0 and policy.off_left == 8  # hopeless: the probe is skipped, the wait doubles
+    assert policy.switched_off == 1  # a skipped probe is not a failed one
+
+
+def test_off_switch_reprobes_a_drafter_that_could_win():
+    policy = DraftPolicy(cooldown=4, probe_share=1.0)
+    _timed_plain(policy)
+    policy.record_round(drafted=1, accepted=0, seconds=0.005 + memory_bound(2))
+    assert policy.draft_length() == 0  # nothing kept: off...
+    _timed_plain(policy, steps=4)
+    assert policy.draft_length() == 1  # ...but at high acceptance it would pay: probe again
+    policy.record_round(drafted=1, accepted=0, seconds=0.005 + memory_bound(2))
     assert policy.off_left == 8  # the second failure doubles the cooldown
 
 
+def test_a_costly_probe_waits_long_enough_to_pay_for_itself():
+    policy = DraftPolicy(cooldown=4, probe_share=0.05)
+    _timed_plain(policy)
+    policy.record_catch_up(0.100)  # the drafter spent 10 plain steps catching up
+    policy.record_round(drafted=1, accepted=0, seconds=0.005 + memory_bound(2))
+    assert policy.switched_off == 1
+    assert policy.off_left >= 0.100 / (0.05 * 0.010)  # the probe costs <= 5 % of the plain time in between
+
+
+def test_plain_speed_is_re_timed_while_speculating():
+    policy = DraftPolicy(k=4, refresh=10)
+    _timed_plain(policy, 0.050)  # a cold first step makes speculation look good...
+    for _ in range(3):
+        policy.record_round(drafted=4, accepted=4, seconds=0.004 + 0.050)
+    assert policy.draft_length() == 0  # ...until plain decoding is timed again
+    policy.record_plain(0.010)
+    policy.record_plain(0.010)  # (the EWMA settles)
+    policy.record_round(drafted=4, accepted=0, seconds=0.004 + 0.050)
+    assert policy.draft_length() == 0 and policy.switched_off == 1  # 54 ms for one token vs 10 ms plain: off
+
+
 def test_off_switch_keeps_a_slow_useless_drafter_near_plain_speed():
-    # The switch decides from measured time (each forward pass sleeps 4 ms); the cost is checked by
+    # The switch decides from measured time (each forward pass sleeps); the cost is checked by
     # counting forward passes, which a busy machine cannot skew.
     class SlowFake(FakeEngine):
+        delay = 0.004
+
         def _eval_batch(self, work):
-            time.sleep(0.004)
+            time.sleep(self.delay)
             return super()._eval_batch(work)
 
     def passes(fn, *engines) -> int:
@@ -265,6 +313,7 @@ def test_off_switch_keeps_a_slow_useless_drafter_near_plain_speed():
 
     target = SlowFake()
     slow_drafter = ModelDrafter(SlowFake(script=lambda p: hashed_logits(p + (3,), 258)))
+    slow_drafter.engine.delay = 0.008  # twice the target's step: no acceptance could make it pay
     both = (target, slow_drafter.engine)
     plain = passes(lambda: generate(target, "hi", max_tokens=60, chat=False), *both)
     spec_off = passes(lambda: generate(target, "hi", max_tokens=60, chat=False, drafter=slow_drafter), *both)
@@ -321,14 +370,25 @@ def test_make_drafter_spellings(models, tmp_path):
         make_drafter("early-exit:2", gguf)
 
 
-def test_plain_speed_is_re_timed_while_speculating():
-    policy = DraftPolicy(k=4, warmup=2, refresh=10)
-    policy.record_plain(0.050)  # a cold first step makes speculation look good...
-    policy.record_plain(0.050)
-    for _ in range(2):
-        policy.record_round(drafted=4, accepted=4, seconds=0.100)  # 20 ms per token
-    assert policy.draft_length() == 0  # ...until plain decoding is timed again
-    policy.record_plain(0.010)
-    policy.record_plain(0.010)
-    policy.record_round(drafted=4, accepted=4, seconds=0.100)
-    assert policy.draft_length() == 0 and policy.switched_off == 1  # 20 ms > 1.05 x 10 ms: off
+def test_policy_state_round_trips_what_was_learned():
+    policy = DraftPolicy(cooldown=4, probe_share=1.0)
+    _timed_plain(policy)
+    policy.record_round(drafted=1, accepted=1, seconds=0.022)  # slower than two plain steps: off
+    again = DraftPolicy()
+    again.restore(json.loads(json.dumps(policy.state())))
+    assert again.draft_length() == 0 and again.off_left == policy.off_left
+    assert again.predicted_speedup(1) == policy.predicted_speedup(1)
+
+
+def test_run_remembers_the_drafter_policy_between_requests(tiny_model, monkeypatch, tmp_path):
+    from edgetts.runner import run
+
+    monkeypatch.setenv("EDGETTS_CACHE", str(tmp_path))
+    model = tiny_model("qwen2")
+    first = run("def add(a, b):", model, draft="ngram", max_tokens=12, chat=False)
+    assert first["stats"]["rounds"] > 0  # a fresh policy probes after its warm-up
+    [saved] = (tmp_path / "speculation").glob("*.json")
+    state = json.loads(saved.read_text())
+    saved.write_text(json.dumps(state | {"off_left": 1000}))  # as if a long cooldown were under way
+    second = run("def add(a, b):", model, draft="ngram", max_tokens=12, chat=False)
+    assert second["stats"]["rounds"] == 0 and second["stats"]["plain_tokens"] == 11
