@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -29,9 +30,10 @@ from edgetts.errors import ConfigError
 from edgetts.sampling import Sampler, draw
 
 
-class RecentMin:
-    """The fastest of the last `size` timings: this machine's noise only ever adds time, so the
-    minimum tracks what a step costs, and a slower device shows after `size` slow steps."""
+class RecentMedian:
+    """The median of the last `size` timings: one slow spell on a shared machine does not move it,
+    a device that stays slower does after a few steps, and, unlike a minimum, it does not
+    favour whatever was timed most often."""
 
     def __init__(self, size: int = 5, samples=()):
         self.samples: deque[float] = deque(samples, maxlen=size)
@@ -41,7 +43,7 @@ class RecentMin:
 
     @property
     def value(self) -> float | None:
-        return min(self.samples) if self.samples else None
+        return statistics.median(self.samples) if self.samples else None
 
 
 def expected_tokens(acceptance: float, k: int) -> float:
@@ -56,14 +58,17 @@ class DraftPolicy:
     (RESEARCH.md 3.1) and takes T(k) seconds: k draft steps plus one target pass over k + 1
     tokens, with whatever each costs on this device (a compute-bound pass that grows with its
     width, two models evicting each other from the cache, Python overhead). The policy times T(k)
-    for each k it drafts and T(0) = a plain step (the fastest of the last five of each), and reads
-    T between and beyond those points off straight lines through its neighbours. Predicted speedup: E(k) * T(0) / T(k). Acceptance is
-    counted per token, recent rounds weighted most, from a prior of `prior_acceptance`.
+    for each k it drafts and T(0) = a plain step (the median of the last five of each), and reads
+    T between and beyond those points off straight lines through its neighbours. Predicted
+    speedup: E(k) * T(0) / T(k). Acceptance is counted per token, recent rounds weighted most,
+    from a prior of `prior_acceptance`. Rounds where the drafter had nothing to offer (an n-gram
+    miss) commit one token at their own timed cost and enter the prediction at the rate they happen.
 
     - Draft length: the k with the best predicted speedup, at most one longer than any timed so
       far (the model is trusted only next to where it was measured). It starts at 1, the cheapest probe.
-    - Off-switch: the first `warmup` steps are plain, to time them. While the best prediction is
-      below `margin`, speculation stops for a cooldown of plain tokens: `cooldown`, doubled after
+    - Off-switch: the first `warmup` steps are plain, to time them (three, so the median drops a
+      first step slowed by the prefill before it). While the best prediction is below `margin`,
+      speculation stops for a cooldown of plain tokens: `cooldown`, doubled after
       each failed probe, and long enough that a failed probe (the drafter catching up on skipped
       text plus its losing rounds) costs at most `probe_share` of the plain time in between. At the
       end of a cooldown the probe is skipped unless acceptance 0.9 would win by 10 % at the costs
@@ -75,11 +80,11 @@ class DraftPolicy:
     device (draft length, costs, a switched-off drafter's cooldown) carries over to the next request.
     """
 
-    DECAY = 0.8  # weight of older rounds in the acceptance count: about the last five rounds matter
+    DECAY = 0.95  # weight of older rounds in the acceptance count: about the last twenty rounds matter
     HOPEFUL_ACCEPTANCE, HOPEFUL_GAIN = 0.9, 1.1  # re-probe only where a good run would clearly pay
 
     def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 2, cooldown: int = 32, margin: float = 1.0, refresh: int = 64,
+                 warmup: int = 3, cooldown: int = 32, margin: float = 0.97, refresh: int = 64,
                  probe_share: float = 0.03, prior_acceptance: float = 0.6):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
@@ -88,8 +93,9 @@ class DraftPolicy:
         self.k, self.k_min, self.k_max = k, k_min, k_max
         self.adaptive, self.auto_off, self.margin = adaptive, auto_off, margin
         self.warmup, self.cooldown, self.refresh, self.probe_share = warmup, cooldown, refresh, probe_share
-        self.plain_s, self.round_s = RecentMin(), {}  # round_s: drafts per round -> RecentMin of its seconds
+        self.plain_s, self.round_s = RecentMedian(), {}  # round_s: drafts per round -> RecentMedian of its seconds
         self.kept, self.missed = 2 * prior_acceptance, 2 * (1 - prior_acceptance)
+        self.miss_s, self.hits, self.misses = RecentMedian(), 1.0, 0.0  # rounds where the drafter had nothing
         self.off_left, self.since_plain, self.failures, self.probe_cost = warmup, 0, 0, 0.0
         self.start_generation()
 
@@ -107,7 +113,10 @@ class DraftPolicy:
         if seconds is None:
             return None
         a = self.acceptance if acceptance is None else acceptance
-        return expected_tokens(a, k) * self.plain_s.value / seconds
+        m = self.misses / (self.hits + self.misses)  # a miss commits one token, in a round of its own cost
+        miss_seconds = self.miss_s.value or self.plain_s.value
+        tokens = (1 - m) * expected_tokens(a, k) + m
+        return tokens * self.plain_s.value / ((1 - m) * seconds + m * miss_seconds)
 
     def round_seconds(self, k: int) -> float | None:
         """T(k): timed, or on the line through the nearest timed rounds (T(0) is a plain step)."""
@@ -149,19 +158,20 @@ class DraftPolicy:
         self.spec_tokens += committed
         self.spec_seconds += seconds
         self.since_plain += committed
-        if not drafted:  # nothing to draft (an n-gram miss): the pass was a plain step after all
-            self.plain_s.add(seconds)
+        self.hits, self.misses = self.DECAY * self.hits + bool(drafted), self.DECAY * self.misses + (not drafted)
+        if not drafted:  # nothing to draft (an n-gram miss): a plain pass plus the drafter's search
+            self.miss_s.add(seconds)
         else:
             self.drafted += drafted
             self.accepted += accepted
             self.kept = self.DECAY * self.kept + accepted
             self.missed = self.DECAY * self.missed + (accepted < drafted)
-            self.round_s.setdefault(drafted, RecentMin()).add(seconds)
+            self.round_s.setdefault(drafted, RecentMedian()).add(seconds)
         if self.plain_s.value is not None:
             self.probe_cost += seconds - committed * self.plain_s.value
         self._choose()
         if self.auto_off and self.since_plain >= self.refresh and self.off_left == 0:
-            self.off_left, self.plain_s = self.warmup, RecentMin()  # re-time plain decoding from scratch
+            self.off_left, self.plain_s = self.warmup, RecentMedian()  # re-time plain decoding from scratch
 
     def _choose(self) -> None:
         k, speedup = self._best(k_max=min(self.k_max, max(self.round_s, default=0) + 1))
@@ -193,14 +203,17 @@ class DraftPolicy:
         """What was learned on this device, as JSON-ready data (`restore` reads it back)."""
         return dict(k=self.k, plain=list(self.plain_s.samples), kept=self.kept, missed=self.missed,
                     rounds={str(k): list(r.samples) for k, r in self.round_s.items()},
+                    miss=list(self.miss_s.samples), hits=self.hits, misses=self.misses,
                     off_left=self.off_left, failures=self.failures)
 
     def restore(self, state: dict) -> None:
         """Continue from `state()` of an earlier policy: no warm-up when plain decoding is already timed."""
         self.k = min(max(int(state["k"]), self.k_min), self.k_max)
-        self.plain_s = RecentMin(samples=state["plain"])
-        self.round_s = {int(k): RecentMin(samples=v) for k, v in state["rounds"].items()}
+        self.plain_s = RecentMedian(samples=state["plain"])
+        self.round_s = {int(k): RecentMedian(samples=v) for k, v in state["rounds"].items()}
         self.kept, self.missed = float(state["kept"]), float(state["missed"])
+        self.miss_s = RecentMedian(samples=state["miss"])
+        self.hits, self.misses = float(state["hits"]), float(state["misses"])
         self.off_left, self.failures = int(state["off_left"]), int(state["failures"])
 
     # reporting ---------------------------------------------------------------------------------
@@ -315,18 +328,23 @@ def speculative_generate_step(target: Engine, drafter, prompt: Sequence[int], sa
         behind = True  # the drafter has not seen the latest tokens (at the start, and after plain steps)
         while True:
             k = _draft_budget(target, seq, policy.draft_length(), limit, len(history) - len(prompt))
-            if k and behind:
+            if not k:  # a plain step, as lean as generate_step's: speculation off costs nothing extra
+                start = time.perf_counter()
+                token, logprob = sampler(target.eval(seq, history[-1:])[-1], history)
+                policy.record_plain(time.perf_counter() - start)
+                behind = True
+                history.append(token)
+                yield token, logprob, False
+                continue
+            if behind:
                 start = time.perf_counter()
                 drafter.prepare(history)
                 policy.record_catch_up(time.perf_counter() - start)
-            behind = not k
+                behind = False
             start = time.perf_counter()
-            drafts, qs = drafter.propose(history, k, sampler) if k else ([], [])
+            drafts, qs = drafter.propose(history, k, sampler)
             committed = _round(target, seq, history, drafts, qs, sampler)
-            if k:
-                policy.record_round(len(drafts), len(committed) - 1, time.perf_counter() - start)
-            else:
-                policy.record_plain(time.perf_counter() - start)
+            policy.record_round(len(drafts), len(committed) - 1, time.perf_counter() - start)
             for item in committed:
                 history.append(item[0])
                 yield item

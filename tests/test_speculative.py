@@ -223,7 +223,7 @@ def test_verify_at_temperature_zero_keeps_the_matching_prefix():
 
 # --- adaptive draft length and the off-switch ---------------------------------------------
 
-def _timed_plain(policy: DraftPolicy, seconds: float = 0.010, steps: int = 2) -> None:
+def _timed_plain(policy: DraftPolicy, seconds: float = 0.010, steps: int = 3) -> None:
     for _ in range(steps):
         policy.record_plain(seconds)
 
@@ -242,9 +242,9 @@ def test_draft_length_follows_predicted_speedup():
         k = policy.draft_length()
         policy.record_round(drafted=k, accepted=k, seconds=0.001 * k + memory_bound(k + 1))
         assert policy.k == expected
-    assert policy.predicted_speedup(6) > 3
+    assert policy.predicted_speedup(6) > 2.5
     lengths = []
-    while policy.draft_length() and len(lengths) < 20:  # nothing kept any more: shorter drafts, then off
+    while policy.draft_length() and len(lengths) < 60:  # nothing kept any more: shorter drafts, then off
         k = policy.draft_length()
         lengths.append(k)
         policy.record_round(drafted=k, accepted=0, seconds=0.001 * k + memory_bound(k + 1))
@@ -274,6 +274,20 @@ def test_off_switch_reprobes_a_drafter_that_could_win():
     assert policy.off_left == 8  # the second failure doubles the cooldown
 
 
+def test_drafter_misses_count_at_their_own_cost():
+    # An n-gram drafter that rarely finds a match still pays for its search on every miss: the
+    # misses must pull the prediction down, not pass for (slower) plain steps that flatter it.
+    policy = DraftPolicy()
+    _timed_plain(policy)
+    policy.record_round(drafted=1, accepted=1, seconds=0.011)  # a hit: two tokens for 11 ms
+    assert policy.predicted_speedup(1) > 1.3
+    misses = 0
+    while policy.draft_length() and misses < 20:
+        policy.record_round(drafted=0, accepted=0, seconds=0.013)  # misses: one token for 13 ms
+        misses += 1
+    assert policy.plain_s.value == 0.010 and misses < 20  # off, and plain time untouched by the misses
+
+
 def test_a_costly_probe_waits_long_enough_to_pay_for_itself():
     policy = DraftPolicy(cooldown=4, probe_share=0.05)
     _timed_plain(policy)
@@ -289,8 +303,7 @@ def test_plain_speed_is_re_timed_while_speculating():
     for _ in range(3):
         policy.record_round(drafted=4, accepted=4, seconds=0.004 + 0.050)
     assert policy.draft_length() == 0  # ...until plain decoding is timed again
-    policy.record_plain(0.010)
-    policy.record_plain(0.010)  # (the EWMA settles)
+    _timed_plain(policy)
     policy.record_round(drafted=4, accepted=0, seconds=0.004 + 0.050)
     assert policy.draft_length() == 0 and policy.switched_off == 1  # 54 ms for one token vs 10 ms plain: off
 
