@@ -123,15 +123,22 @@ def ensure_profile(family: Family, remeasure: bool = False, progress: bool = Fal
     """The saved profile for this family on this device, measured (and saved) when missing."""
     path = Path(path) if path else profile_path(family.key)
     if path.is_file() and not remeasure:
-        return load_profile(path), path
+        profile = load_profile(path)
+        if profile.model == profiled_model(family):  # timings of other weights (an upgrade) do not apply
+            return profile, path
     profile = measure(family, progress=progress)
     return profile, save_profile(profile, path)
+
+
+def profiled_model(family: Family) -> str:
+    """What a profile records as its model: the family and the weights it timed."""
+    return f"{family.name}@{family.weights_stamp}" if family.weights_stamp else family.name
 
 
 def measure(family: Family, progress: bool = False) -> DeviceProfile:
     generative = next((v for v in family.verifiers.values() if isinstance(v, GenerativeVerifier)), None)
     draft = (lambda: draft_probe(family.engine, family.drafter)) if family.drafter is not None else None
-    return measure_profile(family.engine, name=f"{family.key} on this device", model=family.name,
+    return measure_profile(family.engine, name=f"{family.key} on this device", model=profiled_model(family),
                            verifier=generative, draft=draft, load_seconds=family.load_seconds, progress=progress)
 
 

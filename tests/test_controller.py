@@ -238,3 +238,16 @@ def test_budget_excludes_hand_picked_samples():
 
     with pytest.raises(ConfigError, match="drop --n/--draft"):
         solve_cli("What is 2+2?", 1.0, None, None, n=4, draft=None, max_tokens=None)
+
+
+def test_a_profile_of_other_weights_is_measured_again(tmp_path):
+    from edgetts.session import Family, ensure_profile
+
+    path = tmp_path / "p.toml"
+    old = Family("fake", engine(0.0), weights_stamp="111")
+    first, _ = ensure_profile(old, path=path)
+    assert first.model == "fake@111"
+    assert ensure_profile(old, path=path)[0].measured_at == first.measured_at  # same weights: reused
+    new = Family("fake", engine(0.0), weights_stamp="222")  # e.g. an upgrade shipped new built-in weights
+    again, _ = ensure_profile(new, path=path)
+    assert again.model == "fake@222"
