@@ -66,15 +66,16 @@ class DraftPolicy:
 
     - Draft length: the k with the best predicted speedup, at most one longer than any timed so
       far (the model is trusted only next to where it was measured). It starts at 1, the cheapest probe.
-    - Off-switch: the first `warmup` steps are plain, to time them (three, so the median drops a
-      first step slowed by the prefill before it). While the best prediction is below `margin`,
-      speculation stops for a cooldown of plain tokens: `cooldown`, doubled after
-      each failed probe, and long enough that a failed probe (the drafter catching up on skipped
-      text plus its losing rounds) costs at most `probe_share` of the plain time in between. At the
-      end of a cooldown the probe is skipped unless acceptance 0.9 would win by 10 % at the costs
-      measured (a drafter this device cannot make pay). Every `refresh` speculative tokens, `warmup`
-      plain steps re-time T(0) from scratch, so a stale baseline (a cold first step, a busier
-      machine) cannot keep a losing drafter on.
+    - Off-switch: the first `warmup` steps are plain, to time them (six: the first decode steps
+      after a prefill run up to 1.9x slower on llama.cpp, and the median of the last five drops
+      the slowest). While the best prediction is below `margin`, speculation stops for a cooldown
+      of plain tokens: `cooldown`, doubled after each failed probe, and long enough that a failed
+      probe (the drafter catching up on skipped text plus its losing rounds) costs at most
+      `probe_share` of the plain time in between. At the end of a cooldown the probe is skipped
+      unless acceptance 0.9 would win by 10 % at the costs measured (a drafter this device cannot
+      make pay); each failed probe in a row lowers that hope (0.81, 0.73, ...). Every `refresh` speculative tokens, `warmup` plain steps re-time T(0) from
+      scratch, so a stale baseline (a cold first step, a busier machine) cannot keep a losing
+      drafter on.
 
     A drafter keeps its policy across generations (`policy_for`), so what was learned on this
     device (draft length, costs, a switched-off drafter's cooldown) carries over to the next request.
@@ -84,7 +85,7 @@ class DraftPolicy:
     HOPEFUL_ACCEPTANCE, HOPEFUL_GAIN = 0.9, 1.1  # re-probe only where a good run would clearly pay
 
     def __init__(self, k: int = 1, k_min: int = 1, k_max: int = 8, adaptive: bool = True, auto_off: bool = True,
-                 warmup: int = 3, cooldown: int = 32, margin: float = 0.97, refresh: int = 64,
+                 warmup: int = 6, cooldown: int = 32, margin: float = 0.97, refresh: int = 64,
                  probe_share: float = 0.03, prior_acceptance: float = 0.6):
         if not 1 <= k_min <= k <= k_max:
             raise ConfigError(f"draft lengths k_min={k_min}, k={k}, k_max={k_max} are invalid: need 1 <= k_min <= k <= k_max")
@@ -187,7 +188,9 @@ class DraftPolicy:
             self.failures, self.probe_cost = 0, 0.0
 
     def _worth_probing(self) -> bool:
-        _, hopeful = self._best(acceptance=max(self.acceptance, self.HOPEFUL_ACCEPTANCE))
+        # each failed probe in a row lowers the acceptance still hoped for: 0.9, 0.81, 0.73, ...
+        hoped = max(self.acceptance, self.HOPEFUL_ACCEPTANCE ** max(self.failures, 1))
+        _, hopeful = self._best(acceptance=hoped)
         return hopeful is None or hopeful >= self.HOPEFUL_GAIN * self.margin
 
     def _switch_off(self, probe_failed: bool) -> None:

@@ -223,8 +223,8 @@ def test_verify_at_temperature_zero_keeps_the_matching_prefix():
 
 # --- adaptive draft length and the off-switch ---------------------------------------------
 
-def _timed_plain(policy: DraftPolicy, seconds: float = 0.010, steps: int = 3) -> None:
-    for _ in range(steps):
+def _timed_plain(policy: DraftPolicy, seconds: float = 0.010, steps: int | None = None) -> None:
+    for _ in range(policy.warmup if steps is None else steps):
         policy.record_plain(seconds)
 
 
@@ -272,6 +272,19 @@ def test_off_switch_reprobes_a_drafter_that_could_win():
     assert policy.draft_length() == 1  # ...but at high acceptance it would pay: probe again
     policy.record_round(drafted=1, accepted=0, seconds=0.005 + memory_bound(2))
     assert policy.off_left == 8  # the second failure doubles the cooldown
+
+
+def test_each_failed_probe_lowers_the_acceptance_still_hoped_for():
+    policy = DraftPolicy(cooldown=4, probe_share=1.0)
+    _timed_plain(policy)
+    probes = []
+    for step in range(400):  # a drafter that never gets a token right, on a target where it could pay
+        if policy.draft_length():
+            probes.append(step)
+            policy.record_round(drafted=1, accepted=0, seconds=0.005 + memory_bound(2))
+        else:
+            policy.record_plain(0.010)
+    assert len(probes) >= 2 and probes[-1] < 64  # re-probed while a good run could pay, then given up on
 
 
 def test_drafter_misses_count_at_their_own_cost():
@@ -405,3 +418,4 @@ def test_run_remembers_the_drafter_policy_between_requests(tiny_model, monkeypat
     saved.write_text(json.dumps(state | {"off_left": 1000}))  # as if a long cooldown were under way
     second = run("def add(a, b):", model, draft="ngram", max_tokens=12, chat=False)
     assert second["stats"]["rounds"] == 0 and second["stats"]["plain_tokens"] == 11
+
