@@ -158,10 +158,11 @@ def bench_quant(folder: Path, quant: str, args, bandwidth: float) -> dict:
     llm = _llama(path, args.threads, n_ctx=1024)
     ours_decode(engine, prompt, 8), llama_decode(llm, prompt, 8)  # warm-up
     ours, theirs, prefill = [], [], []
+    pair = [(ours, lambda: ours_decode(engine, prompt, args.decode)),
+            (theirs, lambda: llama_decode(llm, prompt, args.decode))]
     for run in range(args.runs):  # paired and in alternating order, so drift on a shared machine hits both alike
-        first, second = (ours, theirs) if run % 2 == 0 else (theirs, ours)
-        for rates in (first, second):
-            rates.append(ours_decode(engine, prompt, args.decode) if rates is ours else llama_decode(llm, prompt, args.decode))
+        for rates, decode_rate in pair if run % 2 == 0 else pair[::-1]:
+            rates.append(decode_rate())
         if run < 3:  # 512-token prefills are long: three are enough for a median
             prefill.append(prefill_rates(engine, llm, long_prompt))
     del llm

@@ -9,8 +9,8 @@ whether the output equals plain greedy decoding token for token. Each drafter ru
 (MODES): with the drafter's policy kept across requests (as a server, and `edgetts run` through its
 cache, run them), with a fresh policy per request (the first request on a device), and with the
 switch disabled, which shows where speculation would hurt and what the switch saves. Plain and
-speculative runs are interleaved, and medians
-over repeats are reported, because this machine is shared.
+speculative runs are interleaved, and each speedup is the median over repeats of plain ÷
+speculative time within the repeat, because this machine is shared.
 
 Families (llama.cpp engine, GGUF):
 - embedded: the built-in generator (q8_0), its trained draft model, and its own first K layers
