@@ -14,7 +14,9 @@ speculative time within the repeat, because this machine is shared.
 
 Families (llama.cpp engine, GGUF):
 - embedded: the built-in generator (q8_0), its trained draft model, and its own first K layers
-  (trained with early-exit losses), on arithmetic test prompts;
+  (trained with early-exit losses), on arithmetic test prompts; with --runtime onnxruntime the
+  generator runs as fp32 ONNX, and the same drafters also run on llama.cpp ("@llama.cpp",
+  `edgetts run --draft-runtime llama.cpp`): a small model's step costs less there;
 - shape: a shape-faithful Qwen2.5-0.5B (random weights, q4_0) with a 2-layer random draft of the
   same vocabulary and its own first 6 layers: random weights agree with nothing, so this is
   the case where model drafters hurt.
@@ -58,9 +60,28 @@ def embedded_family(threads: int, layers: list[int], runtime: str = "llama.cpp")
         drafters["draft-model"] = lambda: ModelDrafter(load(embedded.artifact("draft", fmt), **options), "draft-model")
     for k in layers:
         drafters[f"early-exit:{k}"] = lambda k=k: EarlyExitDrafter.for_model(target_path, k, **options)
+    if runtime != "llama.cpp":  # the same drafters on llama.cpp, whose small steps cost less (--draft-runtime)
+        drafters.update(cross_runtime_drafters(target_path, layers, "draft-model" in drafters))
     problems = [p for p in arithmetic.split("test") if p.level >= 3][::12][:6]
     return dict(target=str(target_path), engine=load(target_path, **options), drafters=drafters,
                 prompts=[p.prompt for p in problems])
+
+
+def cross_runtime_drafters(target_path, layers: list[int], with_draft_model: bool) -> dict:
+    """The draft model and the first-K-layers drafters on llama.cpp, one thread (`edgetts run
+    --draft-runtime llama.cpp`'s default), for a target on another runtime."""
+    from edgetts import embedded
+    from edgetts.drafters import EarlyExitDrafter, ModelDrafter
+    from edgetts.runner import DRAFT_THREADS
+    from edgetts.runtimes import load
+
+    options = dict(n_seq_max=1, n_ctx=1024, n_threads=DRAFT_THREADS)
+    drafters = {f"early-exit:{k}@llama.cpp": lambda k=k: EarlyExitDrafter.for_model(target_path, k, "llama.cpp", **options)
+                for k in layers}
+    if with_draft_model:
+        drafters["draft-model@llama.cpp"] = lambda: ModelDrafter(load(embedded.artifact("draft", "gguf"), **options),
+                                                                 "draft-model@llama.cpp")
+    return drafters
 
 
 def shape_family(threads: int, layers: list[int]) -> dict:

@@ -7,8 +7,9 @@ import sys
 
 import typer
 
-from edgetts.cli_options import (DeviceOpt, DraftOpt, JsonOpt, LimitOpt, MaxTokensOpt, ModelOpt, NOpt, RuntimeOpt,
-                                 SeedOpt, StopOpt, TemperatureOpt, ThreadsOpt, TopPOpt)
+from edgetts.cli_options import (DeviceOpt, DraftOpt, DraftRuntimeOpt, DraftThreadsOpt, JsonOpt, LimitOpt,
+                                 MaxTokensOpt, ModelOpt, NOpt, RuntimeOpt, SeedOpt, StopOpt, TemperatureOpt,
+                                 ThreadsOpt, TopPOpt)
 from edgetts.errors import EdgettsError
 
 app = typer.Typer(
@@ -110,6 +111,7 @@ def run(
     model: str = ModelOpt, draft: str = DraftOpt, temperature: float = TemperatureOpt, top_p: float = TopPOpt,
     max_tokens: int = MaxTokensOpt, seed: int = SeedOpt, n: int = NOpt, stop: list[str] = StopOpt,
     runtime: str = RuntimeOpt, device: str = DeviceOpt, threads: int = ThreadsOpt, as_json: bool = JsonOpt,
+    draft_runtime: str = DraftRuntimeOpt, draft_threads: int = DraftThreadsOpt,
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and the drafter's acceptance rate."),
     budget: str = typer.Option(None, "--budget", "-b", help="Answer within this latency (2s, 500ms): the controller "
                                "plans samples, verifier and aggregation from this device's measured speed."),
@@ -131,7 +133,8 @@ def run(
     params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
     stream = None if as_json or n > 1 else lambda text: typer.echo(text, nl=False)
     result = run_prompt(prompt, model, draft, params, max_tokens, n, tuple(stop or ()), runtime=runtime,
-                        device=device, threads=threads, on_text=stream)
+                        device=device, threads=threads, on_text=stream, draft_runtime=draft_runtime,
+                        draft_threads=draft_threads)
     print_result(result, as_json=as_json, streamed=stream is not None, stats=stats)
 
 

@@ -11,6 +11,12 @@ DraftOpt = typer.Option(
     None, "--draft",
     help="Speculative decoding: a draft model PATH, ngram (prompt lookup) or early-exit:K (the model's first K layers).",
 )
+DraftRuntimeOpt = typer.Option(
+    None, "--draft-runtime",
+    help="Run the drafter on another runtime than the model, e.g. an ONNX model drafted for by llama.cpp, "
+         "whose small steps cost less (default: the model's runtime for early-exit:K, the file's own for a PATH).",
+)
+DraftThreadsOpt = typer.Option(1, "--draft-threads", help="CPU threads for the drafter (1: it leaves the cores to the model).")
 TemperatureOpt = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax).")
 TopPOpt = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass.")
 MaxTokensOpt = typer.Option(256, "--max-tokens", help="Stop after this many generated tokens.")

@@ -146,33 +146,49 @@ class EarlyExitDrafter(ModelDrafter):
         self.layers = layers
 
     @classmethod
-    def for_model(cls, model: str | Path, layers: int, **engine_options) -> EarlyExitDrafter:
-        """Load the first-`layers` drafter of `model` (see `early_exit_artifact`)."""
-        from edgetts.runtimes import detect_runtime, load
+    def for_model(cls, model: str | Path, layers: int, runtime: str | None = None,
+                  **engine_options) -> EarlyExitDrafter:
+        """Load the first-`layers` drafter of `model` on `runtime` (default: the model's own; see
+        `early_exit_artifact`)."""
+        from edgetts.runtimes import detect_runtime, load, resolve
 
-        path, options = early_exit_artifact(model, layers, detect_runtime(model))
+        runtime = resolve(runtime).name if runtime else detect_runtime(model)
+        path, options = early_exit_artifact(model, layers, runtime)
         return cls(load(path, **options, **engine_options), layers)
 
 
+# The artifact a drafter runtime loads: (export format, suffix of its path).
+RUNTIME_ARTIFACTS = {"llama.cpp": ("gguf", ".gguf"), "onnxruntime": ("onnx", "")}
+
+
 def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[Path, dict]:
-    """Where the first-K-layers drafter of `model` lives, and the load options it needs.
+    """Where the first-K-layers drafter of `model` for `runtime` lives, and the load options it needs.
 
     A Hugging Face folder is cut at load time (torch engine, n_layers=K). GGUF/ONNX drafters are
     artifacts of `edgetts export ... --layers K` beside the model: `<stem>.layers<K><suffix>` or
-    `<stem>.k<K><suffix>`. A missing one is exported there when the model records (GGUF metadata,
-    ONNX manifest) a Hugging Face source that is on this machine.
+    `<stem>.k<K><suffix>`. The drafter may run on another runtime than the model (an ONNX target
+    drafted for by llama.cpp, whose small steps cost less): its artifact is then in that runtime's
+    format. A missing one is exported there when the model is a Hugging Face folder or records (GGUF
+    metadata, ONNX manifest) a Hugging Face source that is on this machine.
     """
+    from edgetts.runtimes import detect_runtime
+
     if layers < 1:
         raise ConfigError(f"early-exit:{layers} is invalid: K must be >= 1")
     model = Path(model)
+    own = detect_runtime(model)
     if runtime == "torch":
-        return model, {"n_layers": layers, "runtime": "torch"}
-    suffix = model.suffix
-    stem = model.name[: len(model.name) - len(suffix)]
+        return _hf_source(model, own), {"n_layers": layers, "runtime": "torch"}
+    if runtime not in RUNTIME_ARTIFACTS:
+        raise ConfigError(f"an early-exit drafter cannot run on {runtime}; use torch or "
+                          f"{' or '.join(RUNTIME_ARTIFACTS)}")
+    fmt, suffix = RUNTIME_ARTIFACTS[runtime]
+    stem = model.name[: len(model.name) - len(model.suffix)]
+    if runtime == own:
+        suffix = model.suffix  # the model's own spelling, as `edgetts export --layers` users name it
     candidates = [model.with_name(f"{stem}.{tag}{layers}{suffix}") for tag in ("layers", "k")]
     found = next((path for path in candidates if path.exists()), None)
-    fmt = "gguf" if suffix == ".gguf" else "onnx"
-    if found is None and _export_beside(model, candidates[0], fmt, layers):
+    if found is None and _export_beside(model, own, candidates[0], fmt, layers, same_format=runtime == own):
         found = candidates[0]
     if found is None:
         raise ModelNotFoundError(
@@ -183,13 +199,25 @@ def early_exit_artifact(model: str | Path, layers: int, runtime: str) -> tuple[P
     return found, {}
 
 
-def _export_beside(model: Path, out: Path, fmt: str, layers: int) -> bool:
-    """Export the first-K-layers drafter from the model's recorded source, if that is here."""
-    source, quant = provenance(model)
+def _hf_source(model: Path, own: str) -> Path:
+    """The Hugging Face folder behind `model`: the model itself, or the source its export recorded."""
+    source = model if own == "torch" else provenance(model)[0]
     if not source or not Path(source).is_dir():
+        raise ModelNotFoundError(f"an early-exit drafter on torch needs the Hugging Face source of {model}, "
+                                 "which it does not record or which is not on this machine")
+    return Path(source)
+
+
+def _export_beside(model: Path, own: str, out: Path, fmt: str, layers: int, same_format: bool) -> bool:
+    """Export the first-K-layers drafter from the model's Hugging Face source, if that is here (in
+    the model's own quantization when the format is the same)."""
+    try:
+        source = _hf_source(model, own)
+    except ModelNotFoundError:
         return False
     from edgetts.export import export
 
+    quant = provenance(model)[1] if same_format else None
     export(source, out, format=fmt, quant=quant, layers=layers, progress=False)
     return True
 
@@ -243,8 +271,12 @@ def _fit_vocab(row: np.ndarray, n_vocab: int | None) -> np.ndarray:
     return np.concatenate([row, np.full(n_vocab - row.shape[0], -np.inf, dtype=row.dtype)])
 
 
-def make_drafter(spec: str | None, model: str | Path | None = None, **engine_options):
-    """A drafter from the CLI spelling: None, "ngram", "early-exit:K" or a path to a draft model."""
+def make_drafter(spec: str | None, model: str | Path | None = None, runtime: str | None = None, **engine_options):
+    """A drafter from the CLI spelling: None, "ngram", "early-exit:K" or a path to a draft model.
+
+    `runtime` runs a model drafter on another runtime than the target's (default: the target's for
+    early-exit:K, the artifact's own for a path).
+    """
     if not spec:
         return None
     if spec == "ngram":
@@ -255,9 +287,9 @@ def make_drafter(spec: str | None, model: str | Path | None = None, **engine_opt
             raise ConfigError(f"--draft {spec!r} is invalid: write early-exit:K with K the number of layers, e.g. early-exit:2")
         if model is None:
             raise ConfigError("--draft early-exit:K needs --model: the drafter is that model's first K layers")
-        return EarlyExitDrafter.for_model(model, int(layers), **engine_options)
+        return EarlyExitDrafter.for_model(model, int(layers), runtime, **engine_options)
     from edgetts.runtimes import load
 
     if not Path(spec).exists():
         raise ModelNotFoundError(f"--draft {spec!r}: no such file or folder; pass a draft model path, ngram or early-exit:K")
-    return ModelDrafter(load(spec, **engine_options), name=f"draft:{Path(spec).name}")
+    return ModelDrafter(load(spec, runtime=runtime, **engine_options), name=f"draft:{Path(spec).name}")

@@ -28,16 +28,22 @@ def default_model() -> Path:
         ) from exc
 
 
-def open_drafter(spec: str | None, model: Path, **engine_options):
-    """The drafter for `--draft`: "ngram", "early-exit:K", a draft model path or a built-in name."""
+# A drafter's steps are small: on one thread it runs nearly as fast, and its thread pool does not
+# fight the target's for the cores (on 2 cores, a 2-thread drafter cost the ONNX target 1.52x -> 1.09x).
+DRAFT_THREADS = 1
+
+
+def open_drafter(spec: str | None, model: Path, runtime: str | None = None, **engine_options):
+    """The drafter for `--draft`: "ngram", "early-exit:K", a draft model path or a built-in name,
+    on `runtime` (default: the target's for early-exit:K, the artifact's own for a path)."""
     from edgetts.drafters import make_drafter
 
     if spec and not Path(spec).exists() and not spec.startswith("early-exit:") and spec != "ngram":
-        spec = str(_builtin(spec))
-    return make_drafter(spec, model, **engine_options)
+        spec = str(_builtin(spec, runtime))
+    return make_drafter(spec, model, runtime, **engine_options)
 
 
-def _builtin(name: str) -> Path:
+def _builtin(name: str, runtime: str | None) -> Path:
     try:
         from edgetts import embedded
     except ImportError as exc:
@@ -45,16 +51,22 @@ def _builtin(name: str) -> Path:
     if name not in embedded.NAMES:
         raise ModelNotFoundError(f"--draft {name!r}: no such file or folder; pass a draft model path, "
                                  f"ngram, early-exit:K or a built-in ({', '.join(embedded.NAMES)})")
-    return embedded.artifact(name)
+    from edgetts.drafters import RUNTIME_ARTIFACTS
+    from edgetts.runtimes import resolve
+
+    runtime = resolve(runtime).name if runtime else "llama.cpp"
+    return embedded.artifact(name, RUNTIME_ARTIFACTS[runtime][0]) if runtime in RUNTIME_ARTIFACTS else embedded.path(name)
 
 
 def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
         params: SamplingParams | None = None, max_tokens: int = 256, n: int = 1, stop: Sequence[str] = (),
         chat: bool = True, runtime: str | None = None, device: str | None = None, threads: int | None = None,
-        on_text: Callable[[str], None] | None = None) -> dict:
+        on_text: Callable[[str], None] | None = None, draft_runtime: str | None = None,
+        draft_threads: int = DRAFT_THREADS) -> dict:
     """Generate for `prompt` and return {text, tokens, latency_s, stats[, samples]}.
 
     `on_text` receives text as it is generated (n = 1 only). With no `model`, the embedded generator.
+    The drafter runs on `draft_runtime` (see `open_drafter`) with `draft_threads` threads.
     """
     from edgetts.runtimes import load
 
@@ -64,7 +76,7 @@ def run(prompt: str, model: str | Path | None = None, draft: str | None = None,
     start = time.perf_counter()
     model = Path(model) if model else default_model()
     threading = {"n_threads": threads} if threads else {}
-    drafter = open_drafter(draft, model, **threading)
+    drafter = open_drafter(draft, model, draft_runtime, n_threads=draft_threads)
     engine = None
     try:
         engine = load(model, runtime=runtime, device=device, **threading, **({"n_seq_max": n} if n > 1 else {}))
@@ -93,7 +105,9 @@ def _remembered(drafter, model: Path, engine, threads: int | None):
         return
     from edgetts.speculative import policy_file, remember_policy, remembered_policy
 
-    path = policy_file(str(model.resolve()), drafter.name, engine.info.runtime, engine.info.device, str(threads))
+    drafter_engine = getattr(drafter, "engine", None)  # a model drafter's costs depend on where it runs
+    where = f"{drafter_engine.info.runtime}/{drafter_engine.info.device}" if drafter_engine else ""
+    path = policy_file(str(model.resolve()), drafter.name, where, engine.info.runtime, engine.info.device, str(threads))
     drafter.policy = remembered_policy(path)
     yield
     remember_policy(drafter.policy, path)

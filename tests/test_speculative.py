@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from edgetts.drafters import EarlyExitDrafter, ModelDrafter, NGramDrafter, check_compatible, lookup, make_drafter
+from edgetts.drafters import (EarlyExitDrafter, ModelDrafter, NGramDrafter, check_compatible, early_exit_artifact,
+                              lookup, make_drafter)
 from edgetts.errors import ConfigError, ModelNotFoundError
 from edgetts.generate import generate
 from edgetts.speculative import DraftPolicy, verify
@@ -82,12 +83,29 @@ def _onnx(arch):
     return build
 
 
+def _onnx_drafted_on_llamacpp(models):
+    """An ONNX target whose draft model and first layer run on llama.cpp: drafting crosses runtimes
+    (the early-exit GGUF is exported on demand from the source the ONNX manifest records)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("optimum.exporters.onnx")
+    from edgetts.runtimes.llamacpp import LlamaCppEngine
+    from edgetts.runtimes.onnxruntime import OnnxEngine
+    from edgetts.testing import tiny_onnx
+
+    target, draft = tiny_onnx(models("qwen2", 2)), models("qwen2", 1, seed=1, fmt="gguf")
+    return OnnxEngine(target, device="cpu", n_seq_max=4, n_ctx=256), {
+        "draft-model": lambda: ModelDrafter(LlamaCppEngine(draft, n_seq_max=1, n_ctx=256)),
+        "early-exit": lambda: EarlyExitDrafter.for_model(target, 1, runtime="llama.cpp", n_seq_max=1, n_ctx=256),
+    }
+
+
 ENGINES = {
     "fake": _fake,
     "torch-qwen2": _torch("qwen2"),
     "torch-llama": _torch("llama"),
     "llamacpp-qwen2": _llamacpp("qwen2"),
     "onnx-qwen2": _onnx("qwen2"),
+    "onnx-qwen2-drafted-on-llamacpp": _onnx_drafted_on_llamacpp,
 }
 DRAFTERS = ["ngram", "draft-model", "early-exit"]
 
@@ -394,6 +412,25 @@ def test_make_drafter_spellings(models, tmp_path):
     gguf.write_bytes(b"GGUF")
     with pytest.raises(ModelNotFoundError, match="--layers 2"):
         make_drafter("early-exit:2", gguf)
+
+
+def test_early_exit_drafter_on_another_runtime_is_exported_in_its_format(models, monkeypatch, tmp_path):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("optimum.exporters.onnx")
+    from edgetts.runner import run
+    from edgetts.testing import tiny_onnx
+
+    source = models("qwen2", 2)
+    target = tiny_onnx(source)
+    path, options = early_exit_artifact(target, 1, "llama.cpp")
+    assert path.suffix == ".gguf" and path.parent == target.parent and options == {}
+    drafted_path, options = early_exit_artifact(target, 1, "torch")
+    assert drafted_path.resolve() == source.resolve() and options == {"n_layers": 1, "runtime": "torch"}
+    with pytest.raises(ConfigError, match="cannot run on"):
+        early_exit_artifact(target, 1, "tensorrt")
+    monkeypatch.setenv("EDGETTS_CACHE", str(tmp_path))
+    result = run("def add(a, b):", target, draft="early-exit:1", draft_runtime="llama.cpp", max_tokens=8, chat=False)
+    assert result["stats"]["drafter"] == "early-exit:1" and result["stats"]["runtime"] == "onnxruntime"
 
 
 def test_policy_state_round_trips_what_was_learned():
