@@ -57,7 +57,7 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         for n in ns:
             start = time.perf_counter()
             ids = prompt_tokens(engine.tokenizer, prompt)
-            params = SamplingParams(temperature=cal.temperature, seed=seed * 7919 + i * 131 + n)
+            params = cal.sampling(seed=seed * 7919 + i * 131 + n)
             samples = sample_n(engine, ids, n, params, max_tokens)
             sampled = time.perf_counter() - start
             controller.observe_wave(len(ids), samples, sampled)

@@ -169,6 +169,7 @@ def calibrate(
     n: int = typer.Option(32, "--n", help="Samples per problem (>= 2x the largest N you want planned)."),
     limit: int = LimitOpt,
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
+    min_p: float = typer.Option(0.2, "--min-p", help="Min-p filter the plans will use (0: off): drops unlikely slips, keeps the likely paths."),
     max_tokens: int = typer.Option(160, "--max-tokens", help="Longest answer drawn while calibrating."),
     reuse: bool = typer.Option(False, "--reuse-samples", help="Re-fit from the samples saved last time (new verifiers score them)."),
 ) -> None:
@@ -180,7 +181,7 @@ def calibrate(
     family = open_family(model, runtime)
     with TaskProgress() as progress:
         cal, path = fit_calibration(family, labelled_problems(data, limit=limit), n=n, temperature=temperature,
-                                    max_tokens=max_tokens, progress=progress, reuse_samples=reuse)
+                                    min_p=min_p, max_tokens=max_tokens, progress=progress, reuse_samples=reuse)
     greedy, best = cal.plans["greedy|1|1|"].accuracy, max(cal.plans.items(), key=lambda kv: kv[1].accuracy)
     typer.echo(f"{cal.n_problems} problems x {cal.samples_per_problem} samples: greedy {greedy:.1%}, best plan "
                f"{best[0]} {best[1].accuracy:.1%}, pass@{cal.samples_per_problem} {cal.coverage['pass_at_k'][-1]:.1%}")

@@ -35,6 +35,7 @@ class Plan:
     key: PlanKey
     max_tokens: int
     temperature: float
+    min_p: float
     draft: bool
     expected_accuracy: float
     predicted_s: float  # expected latency (adaptive plans: averaged over how many waves they draw)
@@ -47,7 +48,7 @@ class Plan:
     def to_dict(self) -> dict:
         return {"name": self.name, "strategy": self.key.strategy, "n": self.key.n, "wave": self.key.wave,
                 "verifier": self.key.verifier or None, "draft": self.draft, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, "expected_accuracy": round(self.expected_accuracy, 4),
+                "temperature": self.temperature, "min_p": self.min_p, "expected_accuracy": round(self.expected_accuracy, 4),
                 "predicted_s": round(self.predicted_s, 4), "worst_s": round(self.worst_s, 4)}
 
 
@@ -174,8 +175,9 @@ class Controller:
         stats = self.calibration.stats(key)
         draft = key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
         expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft, difficulty)
-        temperature = 0.0 if key.strategy == "greedy" else self.calibration.temperature
-        return Plan(key, cap, temperature, draft, self.calibration.accuracy(key, difficulty), expected, worst)
+        sampling = self.calibration.sampling() if key.strategy != "greedy" else SamplingParams()
+        return Plan(key, cap, sampling.temperature, sampling.min_p, draft, self.calibration.accuracy(key, difficulty),
+                    expected, worst)
 
     def _fallback(self, prompt_tokens: int, budget: float, cap: int, difficulty: float) -> Plan:
         """Nothing fits: greedy with max tokens cut to what the budget can decode."""
@@ -280,7 +282,7 @@ class _Execution:
         from edgetts.generate import sample_n
 
         seed = self.c.rng.randrange(2**31)
-        params = SamplingParams(temperature=self.plan.temperature, seed=seed)
+        params = SamplingParams(temperature=self.plan.temperature, min_p=self.plan.min_p, seed=seed)
         began = time.monotonic()
         # stop decoding one (predicted) step early: sample_n checks the deadline before each step
         stop_at = self.deadline - GUARD_MARGIN_S - self._verify_reserve(size) - self.c.profile.step_s(size)

@@ -333,6 +333,7 @@ def _step_seconds(engine, prompt: list[int], n: int, steps: int) -> float:
     """Median time of one decode step with n live sequences forked from one prompt, as `sample_n`
     serves it: the batched eval plus, per row, the sampler and the text tracker (detokenising and
     stop checks), which on a small model cost as much as the forward pass."""
+    from edgetts.calibration import MIN_P, TEMPERATURE
     from edgetts.generate import TextTracker
     from edgetts.sampling import Sampler
     from edgetts.types import SamplingParams
@@ -342,7 +343,7 @@ def _step_seconds(engine, prompt: list[int], n: int, steps: int) -> float:
     engine.eval(root, prompt)
     for seq in live:
         engine.fork(root, seq)
-    sampler = Sampler(SamplingParams(temperature=0.7, seed=0))
+    sampler = Sampler(SamplingParams(temperature=TEMPERATURE, min_p=MIN_P, seed=0))  # as the plans sample
     trackers = {seq: TextTracker(engine.tokenizer) for seq in live}
     token, times = prompt[-1], []
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from edgetts.calibration import Calibration, load_calibration, prior
+from edgetts.calibration import MIN_P, TEMPERATURE, Calibration, load_calibration, prior
 from edgetts.controller import Controller
 from edgetts.profile import DeviceProfile, load_profile, measure_profile, profile_path, save_profile
 from edgetts.verifiers import CheckerVerifier, GenerativeVerifier, ProductVerifier
@@ -256,9 +256,9 @@ def same_answer(extracted: str | None, truth: str) -> bool:
         return extracted.strip() == truth.strip()
 
 
-def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temperature: float = 0.7,
+def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temperature: float = TEMPERATURE,
               max_tokens: int = 160, draws: int = 64, progress=None, out: str | Path | None = None,
-              reuse_samples: bool = False):
+              reuse_samples: bool = False, min_p: float = MIN_P):
     """Collect samples on labelled problems, fit the calibration and save it beside the profile.
 
     Returns (calibration, path). The raw samples are kept too (`.samples.jsonl`); with
@@ -274,18 +274,18 @@ def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temp
         missing = {k: v for k, v in family.verifiers.items() if k not in records[0].samples[0].scores}
         rescore(records, missing, progress=step("scoring"))
     else:
-        records = _collect(family, problems, n, temperature, max_tokens, step("sampling"))
+        records = _collect(family, problems, n, temperature, min_p, max_tokens, step("sampling"))
     save_records(records, samples_path)
-    calibration = fit(records, task=family.name, model=family.weights_stamp, temperature=temperature,
+    calibration = fit(records, task=family.name, model=family.weights_stamp, temperature=temperature, min_p=min_p,
                       verifiers=list(family.verifiers), draws=draws, max_tokens=max_tokens,
                       progress=step("fitting plans"))
     return calibration, calibration.save(path)
 
 
-def _collect(family: Family, problems, n, temperature, max_tokens, progress):
+def _collect(family: Family, problems, n, temperature, min_p, max_tokens, progress):
     from edgetts.calibration import collect
 
-    return collect(family.engine, problems, n=n, temperature=temperature, max_tokens=max_tokens,
+    return collect(family.engine, problems, n=n, temperature=temperature, min_p=min_p, max_tokens=max_tokens,
                    is_correct=same_answer, verifiers=family.verifiers, difficulty=family.difficulty,
                    progress=progress)
 

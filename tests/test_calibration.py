@@ -116,6 +116,20 @@ def test_calibration_round_trips_through_json(calibration, tmp_path):
     assert again.order(4) == calibration.order(4)
 
 
+def test_a_calibration_records_how_its_samples_were_drawn(tmp_path):
+    import json
+
+    from edgetts.types import SamplingParams
+
+    cal = fit(synthetic(3), task="t", model="m", temperature=0.7, min_p=0.2, draws=4)
+    again = load_calibration(cal.save(tmp_path / "cal.json"))
+    assert again.sampling(seed=5) == SamplingParams(temperature=0.7, min_p=0.2, seed=5)
+    older = json.loads((tmp_path / "cal.json").read_text())
+    del older["min_p"]  # written before plans sampled with min-p: they drew without it
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert load_calibration(tmp_path / "old.json").sampling().min_p == 0.0
+
+
 def test_records_round_trip(tmp_path):
     records = synthetic(3)
     assert load_records(save_records(records, tmp_path / "r.jsonl")) == records

@@ -115,6 +115,23 @@ def test_adaptive_plan_stops_when_the_vote_is_settled(controller, calibration):
     assert run.stop_reason == "beta" and len(run.completions) == 4 and run.waves == 1
 
 
+def test_plans_sample_the_way_the_calibration_was_drawn(calibration, tmp_path, monkeypatch):
+    import dataclasses
+
+    import edgetts.generate
+    from edgetts.controller import _Execution
+
+    e = engine(0.0)
+    c = Controller(e, measure(e), dataclasses.replace(calibration, min_p=0.25), {}, log_path=tmp_path / "d.jsonl")
+    greedy, vote = c._evaluate(PlanKey("greedy", 1, 1), 11, 24, 11), c._evaluate(PlanKey("majority", 4, 4), 11, 24, 11)
+    assert (greedy.temperature, greedy.min_p) == (0.0, 0.0) and (vote.temperature, vote.min_p) == (1.0, 0.25)
+    drawn = []
+    real = edgetts.generate.sample_n
+    monkeypatch.setattr(edgetts.generate, "sample_n", lambda *a, **k: drawn.append(a[3]) or real(*a, **k))
+    _Execution(c, vote, "What is 2?", e.tokenizer.encode("What is 2?"), deadline=time.monotonic() + 5).go()
+    assert drawn and all((p.temperature, p.min_p) == (1.0, 0.25) for p in drawn)
+
+
 def test_an_answer_comes_back_even_when_the_budget_is_tiny(controller):
     c = controller(e=engine(delay=0.01))
     answer = c.solve("What is 3?", budget=0.03)

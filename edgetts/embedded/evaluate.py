@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgetts import arithmetic
 from edgetts.calibration import auroc as calibration_auroc
-from edgetts.calibration import fit_coverage, pass_at_k
+from edgetts.calibration import MIN_P, TEMPERATURE, fit_coverage, pass_at_k
 from edgetts.embedded import VERIFIER_SUFFIX, VERIFIER_WORDS, path
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -35,7 +35,7 @@ def load(name: str):
 
 
 def sample(model, tok, prompts: list[str], n: int = 1, temperature: float = 0.0, seed: int = 0,
-           max_new_tokens: int = 160, batch: int = 128) -> list[list[str]]:
+           max_new_tokens: int = 160, batch: int = 128, min_p: float = 0.0) -> list[list[str]]:
     """n completions per prompt (greedy when temperature is 0), generated in left-padded batches."""
     import torch
 
@@ -52,18 +52,18 @@ def sample(model, tok, prompts: list[str], n: int = 1, temperature: float = 0.0,
         torch.manual_seed(seed * 1_000_003 + start)
         with torch.inference_mode():
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 pad_token_id=eos, eos_token_id=eos, **_sampling(temperature))
+                                 pad_token_id=eos, eos_token_id=eos, **_sampling(temperature, min_p))
         for r, (i, _) in enumerate(chunk):
             new = gen[r, width:].tolist()
             out[i].append(tok.decode(new[:new.index(eos)] if eos in new else new))
     return out
 
 
-def _sampling(temperature: float) -> dict:
-    """Plain temperature sampling over the whole vocabulary (no top-k/top-p), or greedy at 0."""
+def _sampling(temperature: float, min_p: float = 0.0) -> dict:
+    """Temperature sampling with an optional min-p filter (no top-k/top-p), or greedy at 0."""
     if temperature <= 0:
         return dict(do_sample=False)
-    return dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    return dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, **({"min_p": min_p} if min_p else {}))
 
 
 def verifier_scores(model, tok, texts: list[str], batch: int = 128, log_odds: bool = False) -> list[float]:
@@ -204,7 +204,7 @@ def plot_pass_at_k(result: dict, out: Path) -> None:
     fit = result["pass_at_k_fit"]
     ks = sorted(cov)
     plt.figure(figsize=(5, 3.5))
-    plt.plot(ks, [cov[k] for k in ks], "o", ms=3, label="pass@k (test, T=0.7)")
+    plt.plot(ks, [cov[k] for k in ks], "o", ms=3, label=f"pass@k (test, {_sampled(result)})")
     plt.plot(ks, [100 * math.exp(fit["a"] * k ** fit["b"]) for k in ks], "-",
              label=f"exp({fit['a']}*k^{fit['b']})")
     maj = {int(k): v["overall"] for k, v in result["majority_at_k"].items()}
@@ -217,14 +217,14 @@ def plot_pass_at_k(result: dict, out: Path) -> None:
     plt.savefig(out, dpi=120)
 
 
-def run(samples_per_problem: int = 64, temperature: float = 0.7, threads: int = 1) -> dict:
+def run(samples_per_problem: int = 64, temperature: float = TEMPERATURE, threads: int = 1, min_p: float = MIN_P) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     problems = list(arithmetic.split("test"))
     model, tok = load("generator")
-    g, samples, timings = generator_outputs(problems, model, tok, samples_per_problem, temperature)
-    result = {"split": "test", "problems": len(problems), "temperature": temperature,
+    g, samples, timings = generator_outputs(problems, model, tok, samples_per_problem, temperature, min_p)
+    result = {"split": "test", "problems": len(problems), "temperature": temperature, "min_p": min_p,
               **scaling(problems, samples, g["correct"])}
     result["greedy_texts_example"] = [p.prompt + t for p, t in zip(problems[::40], g["texts"][::40])]
     draft = _optional("draft")
@@ -241,7 +241,7 @@ def run(samples_per_problem: int = 64, temperature: float = 0.7, threads: int = 
 def markdown(result: dict) -> str:
     """The model card's tables, from one evaluation result."""
     levels = ["overall", *map(str, arithmetic.LEVELS)]
-    rows = [("greedy", result["greedy"]), ("mean single sample (T=0.7)", None)]
+    rows = [("greedy", result["greedy"]), (f"mean single sample ({_sampled(result)})", None)]
     rows += [(f"majority@{k}", v) for k, v in result["majority_at_k"].items()]
     rows += [("step-checked vote@16", result["step_checked_vote_at_16"])]
     if "verifier" in result:
@@ -269,12 +269,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generator_outputs(problems, model, tok, n: int, temperature: float):
+def _sampled(result: dict) -> str:
+    return f"T={result['temperature']}" + (f", min-p {result['min_p']}" if result.get("min_p") else "")
+
+
+def generator_outputs(problems, model, tok, n: int, temperature: float, min_p: float = 0.0):
     """Greedy and sampled solutions, cached per generator weights (the slow part: reruns are cheap)."""
     from edgetts.embedded import cache_dir, path
 
     weights = (path("generator") / "model.safetensors").stat()
-    cache = cache_dir() / "embedded" / f"eval-{weights.st_size}-{int(weights.st_mtime)}-n{n}-t{temperature}.json"
+    drawn = f"n{n}-t{temperature}" + (f"-minp{min_p}" if min_p else "")
+    cache = cache_dir() / "embedded" / f"eval-{weights.st_size}-{int(weights.st_mtime)}-{drawn}.json"
     if cache.is_file():
         return tuple(json.loads(cache.read_text()))
     timings, t0 = {}, time.time()
@@ -282,7 +287,7 @@ def generator_outputs(problems, model, tok, n: int, temperature: float):
     timings["greedy"] = round(time.time() - t0, 1)
     t0 = time.time()
     samples = sample(model, tok, [p.prompt for p in problems], n=n, temperature=temperature, seed=7,
-                     max_new_tokens=MAX_NEW_TOKENS)
+                     max_new_tokens=MAX_NEW_TOKENS, min_p=min_p)
     timings["sampling"] = round(time.time() - t0, 1)
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps([g, samples, timings]))
@@ -299,7 +304,8 @@ def _optional(name: str):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edgetts.embedded.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=TEMPERATURE)
+    parser.add_argument("--min-p", type=float, default=MIN_P, help="min-p filter of the samples (0: off), as the controller's plans")
     parser.add_argument("--out", type=Path, default=RESULTS / "embedded.json")
     parser.add_argument("--samples-only", action="store_true", help="only generate (and cache) the generator's outputs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -308,9 +314,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        generator_outputs(list(arithmetic.split("test")), *load("generator"), args.samples, args.temperature)
+        generator_outputs(list(arithmetic.split("test")), *load("generator"), args.samples, args.temperature, args.min_p)
         return
-    result = run(args.samples, args.temperature, args.threads)
+    result = run(args.samples, args.temperature, args.threads, args.min_p)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot_pass_at_k(result, args.out.with_name(args.out.stem + "_passk.png"))
