@@ -130,6 +130,23 @@ def test_a_calibration_records_how_its_samples_were_drawn(tmp_path):
     assert load_calibration(tmp_path / "old.json").sampling().min_p == 0.0
 
 
+def test_a_gain_over_the_vote_counts_only_beyond_its_noise():
+    from edgetts.calibration import PlanStats, _discount_unproven_gains
+
+    vote, lucky, steady = PlanKey("majority", 4, 4), PlanKey("best_of_n", 4, 4, "v"), PlanKey("weighted", 4, 4)
+    per_problem = []
+    for i in range(200):  # lucky: +2 points on average, but +-50 problem by problem; steady: +10, always
+        base = float(i % 2)
+        per_problem.append({vote: (base, [1]), lucky: (base + (0.52 if i % 4 < 2 else -0.48), [1]),
+                            steady: (base + 0.1, [1])})
+    plans = {k.encode(): PlanStats(sum(p[k][0] for p in per_problem) / 200, [0.5], [1.0]) for k in per_problem[0]}
+    before = {k: s.accuracy for k, s in plans.items()}
+    _discount_unproven_gains(plans, per_problem, list(per_problem[0]))
+    assert plans[vote.encode()].accuracy == before[vote.encode()]
+    assert before[lucky.encode()] > before[vote.encode()] and plans[lucky.encode()].accuracy == before[vote.encode()]
+    assert plans[steady.encode()].accuracy == pytest.approx(before[steady.encode()])  # no noise: kept whole
+
+
 def test_records_round_trip(tmp_path):
     records = synthetic(3)
     assert load_records(save_records(records, tmp_path / "r.jsonl")) == records

@@ -55,7 +55,8 @@ def test_plans_grow_with_the_budget_and_always_fit(controller):
     accuracies = [p.expected_accuracy for p in plans]
     assert accuracies == sorted(accuracies)
     assert all(p.worst_s <= b or p.key.strategy == "greedy" for p, b in zip(plans, (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)))
-    assert plans[-1].key.verifier == "is4" and plans[-1].expected_accuracy > 0.9
+    # over 10 problems, one standard error of the verifier's gain is discounted (calibration)
+    assert plans[-1].key.verifier == "is4" and plans[-1].expected_accuracy > 0.85
     assert greedy.expected_accuracy >= plans[0].expected_accuracy
 
 
