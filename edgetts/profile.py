@@ -383,6 +383,19 @@ def _sample_tokens(engine, n: int) -> list[int]:
     return base[:n]
 
 
+def _distinct(candidate: str, n: int) -> list[str]:
+    """n versions of `candidate` that part at its first digit, as real samples part after the prompt.
+
+    A verifier shares the tokens its candidates have in common and scores only the rest; timing it
+    on n copies of one text would time almost nothing per candidate (it once read 0.2 ms per
+    candidate for a verifier that takes 18 ms each on real samples).
+    """
+    first = next((i for i, ch in enumerate(candidate) if ch.isdigit()), None)
+    if first is None:
+        return [f"{i} {candidate}" for i in range(n)]
+    return [candidate[:first] + str((int(candidate[first]) + i) % 10) + candidate[first + 1:] for i in range(n)]
+
+
 def measure_profile(engine, *, name: str, model: str, verifier=None, verifier_candidate: str | None = None,
                     draft: Callable[[], tuple[float, float]] | None = None, load_seconds: float = 0.0,
                     batches: Sequence[int] = BATCHES, prompt_tokens: int = 32, steps: int = 8,
@@ -407,12 +420,11 @@ def measure_profile(engine, *, name: str, model: str, verifier=None, verifier_ca
 
     tasks = [_Task("prefill", prefill)] + [_Task(f"decode n={n}", lambda n=n: decode(n)) for n in usable]
     if verifier is not None:
-        candidate = verifier_candidate or "37*48=1776, 1776+15=1791. Answer: 1791"
+        candidates = _distinct(verifier_candidate or "\n37*40=1480, 37*8=296, 1480+296=1776, 15+1776=1791\nAnswer: 1791", 8)
 
         def verify():
-            one = _median_time(lambda: _timed(lambda: verifier.score("What is 37*48+15?", [candidate])), repeats)
-            eight = _median_time(lambda: _timed(lambda: verifier.score("What is 37*48+15?", [candidate] * 8)),
-                                 repeats)
+            one = _median_time(lambda: _timed(lambda: verifier.score("What is 37*48+15?", candidates[:1])), repeats)
+            eight = _median_time(lambda: _timed(lambda: verifier.score("What is 37*48+15?", candidates)), repeats)
             results["verifier"] = (max(one - (eight - one) / 7, 0.0), max((eight - one) / 7, 1e-6))
         tasks.append(_Task("verifier", verify))
     if draft is not None:

@@ -131,3 +131,14 @@ def test_decode_corrections_are_kept_per_batch_size(tmp_path):
     assert 0.012 < p.step_s(3) < 0.03 * 1.05
     again = load_profile(save_profile(p, tmp_path / "p.toml"))
     assert again.step_s(4) == pytest.approx(p.step_s(4), rel=1e-4)
+
+
+def test_the_verifier_is_timed_on_candidates_that_part_after_the_prompt():
+    # identical candidates share every token, so a verifier that scores only what they do not share
+    # would be timed on nothing per candidate (the embedded verifier read 0.2 ms instead of 18 ms)
+    from edgetts.profile import _distinct
+
+    candidates = _distinct("\n37*40=1480\nAnswer: 1480", 8)
+    assert len(set(candidates)) == 8 and {len(c) for c in candidates} == {len(candidates[0])}
+    assert all(c.startswith("\n") and c[2:] == candidates[0][2:] for c in candidates)
+    assert len(set(_distinct("no digits here", 3))) == 3
