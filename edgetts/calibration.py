@@ -157,13 +157,9 @@ class Calibration:
         return _resample(top, n)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"schema": SCHEMA_VERSION, **asdict(self)}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
-        return path
+        from edgetts.export.atomic import write_text_atomic
+
+        return write_text_atomic(path, json.dumps({"schema": SCHEMA_VERSION, **asdict(self)}, indent=1))
 
 
 def _resample(values: list[float], n: int) -> list[float]:

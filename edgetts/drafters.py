@@ -211,14 +211,12 @@ def _hf_source(model: Path, own: str) -> Path:
 def _export_beside(model: Path, own: str, out: Path, fmt: str, layers: int, same_format: bool) -> bool:
     """Export the first-K-layers drafter from the model's Hugging Face source, if that is here (in
     the model's own quantization when the format is the same)."""
-    try:
-        source = _hf_source(model, own)
-    except ModelNotFoundError:
+    source, quant = (model, None) if own == "torch" else provenance(model)
+    if not source or not Path(source).is_dir():
         return False
     from edgetts.export import export
 
-    quant = provenance(model)[1] if same_format else None
-    export(source, out, format=fmt, quant=quant, layers=layers, progress=False)
+    export(source, out, format=fmt, quant=quant if same_format else None, layers=layers, progress=False)
     return True
 
 

@@ -284,12 +284,9 @@ def load_profile(path: str | Path) -> DeviceProfile:
 
 
 def save_profile(profile: DeviceProfile, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(dumps(to_toml_dict(profile)))
-    tmp.replace(path)
-    return path
+    from edgetts.export.atomic import write_text_atomic
+
+    return write_text_atomic(path, dumps(to_toml_dict(profile)))
 
 
 def profile_path(key: str) -> Path:
@@ -388,7 +385,7 @@ def _distinct(candidate: str, n: int) -> list[str]:
 
     A verifier shares the tokens its candidates have in common and scores only the rest; timing it
     on n copies of one text would time almost nothing per candidate (it once read 0.2 ms per
-    candidate for a verifier that takes 18 ms each on real samples).
+    candidate for a verifier that takes 21 ms each on real samples).
     """
     first = next((i for i, ch in enumerate(candidate) if ch.isdigit()), None)
     if first is None:

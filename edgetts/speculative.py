@@ -267,10 +267,9 @@ def remembered_policy(path: Path) -> DraftPolicy:
 
 
 def remember_policy(policy: DraftPolicy, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(policy.state()))
-    tmp.replace(path)
+    from edgetts.export.atomic import write_text_atomic
+
+    write_text_atomic(path, json.dumps(policy.state()))
 
 
 def verify(rows: np.ndarray, drafts: Sequence[int], qs: Sequence[np.ndarray | None], sampler: Sampler,

@@ -31,6 +31,17 @@ def atomic_output(dest: str | Path, is_dir: bool = False, overwrite: bool = Fals
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write a small text file (a profile, a calibration, a cache entry) through a sibling `.tmp`
+    and one rename, so a reader never sees it half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def _replace(src: Path, dest: Path) -> None:
     if dest.is_dir() and not dest.is_symlink():
         # Directories cannot be swapped atomically: move the old one aside first, drop it after.
