@@ -142,3 +142,14 @@ def test_the_verifier_is_timed_on_candidates_that_part_after_the_prompt():
     assert len(set(candidates)) == 8 and {len(c) for c in candidates} == {len(candidates[0])}
     assert all(c.startswith("\n") and c[2:] == candidates[0][2:] for c in candidates)
     assert len(set(_distinct("no digits here", 3))) == 3
+
+    scored = []
+
+    class Recording:  # a verifier that remembers what it was timed on
+        def score(self, prompt, texts):
+            scored.append(list(texts))
+            return [0.5] * len(texts)
+
+    engine = SlowEngine(delay=0.0, script=answering_script(), n_seq_max=17)
+    measure_profile(engine, name="v", model="fake", steps=2, repeats=1, verifier=Recording())
+    assert max(len(set(texts)) for texts in scored) == 8
