@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -55,16 +56,20 @@ def test_generator_solves_easy_problems_with_worked_steps(generator):
     assert all(t.startswith("\n") and "Answer:" in t for t in texts)
 
 
-def test_verifier_prefers_correct_solutions():
+def test_verifier_prefers_the_right_one_of_two_real_samples():
+    """90 dev problems where the generator drew a right and a wrong sample (T = 0.7, min-p 0.2).
+
+    Real samples, not hand-made slips: this verifier (trained on such samples) barely notices a
+    hand-edited answer line (26 of 40 at level 1), and within one problem it is a weak judge (model card).
+    """
+    pairs = json.loads((Path(__file__).parent / "data" / "verifier_pairs.json").read_text())
     model, tok = ev.load("verifier")
-    # Level 1 only: on harder levels this verifier barely notices a wrong answer line (model card).
-    problems = [p for p in arithmetic.split("dev") if p.level == 1]
-    right = [p.prompt + arithmetic.solve(p.expression) for p in problems]
-    wrong = [p.prompt + arithmetic.solve(p.expression).replace(f"Answer: {p.answer}", f"Answer: {p.answer + 10}")
-             for p in problems]
-    good, bad = ev.verifier_scores(model, tok, right), ev.verifier_scores(model, tok, wrong)
-    # A coin would prefer the right one 20 +- 3 times; 27 or more happens by chance with p ~ 0.02.
-    assert sum(g > b for g, b in zip(good, bad)) >= 27
+    right = ev.verifier_scores(model, tok, [p["prompt"] + p["right"] for p in pairs])
+    wrong = ev.verifier_scores(model, tok, [p["prompt"] + p["wrong"] for p in pairs])
+    assert all(arithmetic.check(p["right"], arithmetic.evaluate(p["prompt"][8:-1])) for p in pairs)
+    # A coin would prefer the right one 45 +- 4.7 times; 54 or more happens by chance with p ~ 0.04.
+    # The shipped verifier prefers it 57 times.
+    assert sum(r > w for r, w in zip(right, wrong)) >= 54
 
 
 def test_cache_dir_honours_environment(monkeypatch, tmp_path):
@@ -140,8 +145,8 @@ def test_training_batches_are_deterministic_and_mask_the_prompt():
     from edgetts.embedded.train import lm_batch
 
     tok = Tokenizer.from_file(str(embedded.path() / "tokenizer.json"))
-    batch = lm_batch(tok, step=500, batch=4, seed=0)
-    assert batch["input_ids"].equal(lm_batch(tok, step=500, batch=4, seed=0)["input_ids"])
+    batch = lm_batch(tok, step=500, rows=2, seed=0)
+    assert batch["input_ids"].equal(lm_batch(tok, step=500, rows=2, seed=0)["input_ids"])
     ids, labels, positions = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
     first = tok.decode(ids[: int((positions[1:] == 0).nonzero()[0]) + 1].tolist())
     assert first.startswith("What is ") and "Answer:" in first
@@ -149,7 +154,20 @@ def test_training_batches_are_deterministic_and_mask_the_prompt():
     assert (labels[:prompt_len] == -100).all() and (labels[prompt_len:] != -100).any()
 
 
-def test_packed_rows_compute_exactly_what_each_example_alone_would():
+def test_training_batches_fill_a_fixed_shape_so_the_step_compiles_once():
+    from tokenizers import Tokenizer
+
+    from edgetts.embedded.train import PACK_WIDTH, lm_batch
+
+    tok = Tokenizer.from_file(str(embedded.path() / "tokenizer.json"))
+    for step in (0, 400, 2000):  # the curriculum's short level-1 problems and the full mix
+        batch = lm_batch(tok, step=step, rows=6, seed=0)
+        assert batch["input_ids"].shape == batch["labels"].shape == (6, PACK_WIDTH)
+        assert (batch["position_ids"] > 0).float().mean() > 0.8, "rows are filled, not padded"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_rows_compute_exactly_what_each_example_alone_would(attention):
     """Packing lays several problems in one row; the block mask and reset positions must make it exact."""
     import torch
     import torch.nn.functional as F
@@ -160,6 +178,7 @@ def test_packed_rows_compute_exactly_what_each_example_alone_would():
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+    model.config._attn_implementation = attention  # training runs eager: it adds the mask to the scores
     examples = [([1, 2, 3, 4, 5], [-100, -100, 3, 4, 5]), ([6, 7, 8], [-100, 7, 8]),
                 ([9, 10, 11, 12], [-100, -100, -100, 12]), ([13, 14, 15, 16, 17, 18], [-100, 14, 15, 16, 17, 18])]
     batch = pack(examples, pad_id=0, width=10)

@@ -12,6 +12,10 @@ Weights land in `edgetts/embedded/<name>/` as float16.
 - verifier: starts from the generator's weights and learns to answer ` yes`/` no` after
   `<prompt><solution>\\nCorrect?`, on the generator's own samples labelled by the checker (only
   problems with both right and wrong samples: see `contrastive`).
+
+Speed (measured on the 2-core VM, the generator's step): eager attention with an additive block
+mask 0.62 s against SDPA's 0.86 s, and `torch.compile` over fixed-shape batches 0.41 s, so the hour
+buys 2.4x the problems it bought before (402k against 166k).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from pathlib import Path
 
 from edgetts import arithmetic
+from edgetts.calibration import MIN_P, TEMPERATURE
 from edgetts.embedded import MODELS_DIR, VERIFIER_SUFFIX, VERIFIER_WORDS
 
 # Architecture per model: a table, not branches. The verifier copies the generator's shape.
@@ -36,8 +41,8 @@ ARCHS = {
 }
 # Training recipe per model (lr: AdamW peak; steps of `batch` sequences).
 RECIPES = {
-    "generator": dict(steps=2600, batch=64, lr=2e-3, warmup=100, exit_weight=0.15),
-    "draft": dict(steps=1000, batch=64, lr=3e-3, warmup=100, exit_weight=0.0),
+    "generator": dict(steps=6400, rows=20, lr=2e-3, warmup=100, exit_weight=0.15),
+    "draft": dict(steps=1000, rows=20, lr=3e-3, warmup=100, exit_weight=0.0),
     "verifier": dict(steps=300, batch=64, lr=5e-4, warmup=50, exit_weight=0.0,
                      problems=2000, samples=8),
 }
@@ -92,34 +97,76 @@ def level_for(rng: random.Random, step: int) -> int:
     return rng.choices(arithmetic.LEVELS, weights=LEVEL_WEIGHTS)[0]
 
 
-def lm_batch(tok, step: int, batch: int, seed: int) -> dict:
-    """One step's inputs: `batch` fresh problems with random solution paths, packed, loss on the solution only."""
+def lm_batch(tok, step: int, rows: int, seed: int) -> dict:
+    """One step's inputs: `rows` packed rows filled with fresh problems (random solution paths, loss on
+    the solution only). A fixed shape every step lets `torch.compile` build the step once."""
     rng = random.Random(f"batch:{seed}:{step}")
-    rows = []
-    for _ in range(batch):
-        prompt, completion = arithmetic.training_text(arithmetic.training_problem(rng, level_for(rng, step)), rng)
-        p, c = tok.encode(prompt).ids, tok.encode(completion).ids + [tok.token_to_id("<|endoftext|>")]
-        rows.append((p + c, [-100] * len(p) + c))
-    return pack(rows, tok.token_to_id("<|endoftext|>"))
+    eos = tok.token_to_id("<|endoftext|>")
+
+    def examples():
+        while True:
+            prompt, completion = arithmetic.training_text(arithmetic.training_problem(rng, level_for(rng, step)), rng)
+            p, c = tok.encode(prompt).ids, tok.encode(completion).ids + [eos]
+            yield p + c, [-100] * len(p) + c
+
+    return pack(examples(), eos, rows=rows)
 
 
-def pack(examples: list[tuple[list[int], list[int]]], pad_id: int, width: int = PACK_WIDTH) -> dict:
+def pack(examples, pad_id: int, width: int = PACK_WIDTH, rows: int | None = None) -> dict:
     """Examples laid end to end in rows of `width` tokens, each attending only to itself.
 
     Half of a padded batch of these short, uneven problems would be padding; packing makes every
     position count. Each example keeps its own positions (0, 1, ...) and a block-diagonal causal mask,
-    so the model computes exactly what it would for the example alone.
+    so the model computes exactly what it would for the example alone. With `rows`, exactly that many
+    rows are filled first-fit from the (endless) `examples` until MISSES in a row find no room;
+    without it, a list is packed first-fit decreasing into as many rows as it needs.
     """
-    import torch
+    laid = _fill(examples, width, rows) if rows else _first_fit_decreasing(examples, width)
+    return _tensors(laid, pad_id, width)
 
-    rows: list[list[tuple[list[int], list[int]]]] = []
-    for ids, labels in sorted(examples, key=lambda e: -len(e[0])):  # first-fit decreasing
-        if len(ids) > width:
-            raise ValueError(f"an example of {len(ids)} tokens does not fit a packed row of {width}")
-        row = next((r for r in rows if sum(len(i) for i, _ in r) + len(ids) <= width), None)
+
+MISSES = 4  # examples that find no room before a fixed-size batch counts as full (they are dropped)
+
+
+def _fits(row: list, ids: list[int], width: int) -> bool:
+    return sum(len(i) for i, _ in row) + len(ids) <= width
+
+
+def _check_width(ids: list[int], width: int) -> None:
+    if len(ids) > width:
+        raise ValueError(f"an example of {len(ids)} tokens does not fit a packed row of {width}")
+
+
+def _first_fit_decreasing(examples, width: int) -> list[list]:
+    rows: list[list] = []
+    for ids, labels in sorted(examples, key=lambda e: -len(e[0])):
+        _check_width(ids, width)
+        row = next((r for r in rows if _fits(r, ids, width)), None)
         if row is None:
             rows.append(row := [])
         row.append((ids, labels))
+    return rows
+
+
+def _fill(examples, width: int, n_rows: int) -> list[list]:
+    rows: list[list] = [[] for _ in range(n_rows)]
+    misses = 0
+    for ids, labels in examples:
+        _check_width(ids, width)
+        row = next((r for r in rows if _fits(r, ids, width)), None)
+        if row is None:
+            misses += 1
+            if misses == MISSES:
+                return rows
+            continue
+        misses = 0
+        row.append((ids, labels))
+    return rows
+
+
+def _tensors(rows: list[list], pad_id: int, width: int) -> dict:
+    import torch
+
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -132,7 +179,10 @@ def pack(examples: list[tuple[list[int], list[int]]], pad_id: int, width: int = 
             positions[r, start:end], segment[r, start:end] = torch.arange(len(i)), n
             start = end
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = (segment[:, :, None] == segment[:, None, :]) & causal
+    allowed = (segment[:, :, None] == segment[:, None, :]) & causal
+    # Additive (0 / -inf), not boolean: transformers' eager attention adds the mask to the scores, so a
+    # boolean one would add 0/1 and leak across examples; eager is what training uses (see `train`).
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
     return dict(input_ids=ids, labels=labels, position_ids=positions, attention_mask=mask[:, None])
 
 
@@ -173,7 +223,8 @@ def verifier_loss(model, batch: dict, exit_weight: float = 0.0):
 
 # --- the loop ----------------------------------------------------------------------------------
 
-def train(name: str, work: Path, steps: int | None = None, save_every: int = 50, threads: int = 1) -> Path:
+def train(name: str, work: Path, steps: int | None = None, save_every: int = 50, threads: int = 1,
+          compile: bool = True) -> Path:
     import torch
 
     torch.set_num_threads(threads)
@@ -185,8 +236,13 @@ def train(name: str, work: Path, steps: int | None = None, save_every: int = 50,
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     model = initial_model(name, tokenizer_dir)
+    # Eager attention with the additive block mask runs a step 1.4x faster than SDPA's masked path on
+    # these 160-token rows (measured: 0.62 vs 0.86 s); the saved config goes back to the default.
+    model.config._attn_implementation = "eager"
     batches = batch_source(name, tok, recipe, work)
     loss_fn = verifier_loss if name == "verifier" else lm_loss
+    if compile and name != "verifier":  # fixed-shape batches: compiled once (~80 s), then 1.45x faster again
+        loss_fn = torch.compile(loss_fn)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.98), weight_decay=0.01)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start, seconds, log = _resume(state_dir, model, opt, ema)
@@ -208,6 +264,7 @@ def train(name: str, work: Path, steps: int | None = None, save_every: int = 50,
         if (step + 1) % save_every == 0 or step + 1 == recipe["steps"]:
             _checkpoint(state_dir, model, opt, ema, step + 1, time.time() - t0, log)
     model.load_state_dict(ema)
+    model.config._attn_implementation = "sdpa"
     info = dict(recipe, name=name, seed=SEED, threads=threads, seconds=round(time.time() - t0),
                 parameters=sum(p.numel() for p in model.parameters()), final_loss=sum(log[-50:]) / max(1, len(log[-50:])))
     return save(name, model, tokenizer_dir, info)
@@ -227,7 +284,7 @@ def initial_model(name: str, tokenizer_dir: Path):
 
 def batch_source(name: str, tok, recipe: dict, work: Path):
     if name != "verifier":
-        return lambda step: lm_batch(tok, step, recipe["batch"], SEED)
+        return lambda step: lm_batch(tok, step, recipe["rows"], SEED)
     examples = contrastive(verifier_examples(work, recipe))
     print(f"verifier training on {len(examples)} samples of problems with both right and wrong samples", flush=True)
     yes, no = (tok.encode(w).ids for w in VERIFIER_WORDS)
@@ -256,7 +313,9 @@ def verifier_examples(work: Path, recipe: dict) -> list[tuple[str, bool]]:
     problems = [arithmetic.training_problem(rng, rng.choices(arithmetic.LEVELS, weights=LEVEL_WEIGHTS)[0])
                 for _ in range(recipe["problems"])]
     t0 = time.time()
-    texts = sample(model, tok, [p.prompt for p in problems], n=recipe["samples"], temperature=0.8, seed=SEED)
+    # Drawn the way the controller's plans draw, so the verifier learns the mistakes it will judge.
+    texts = sample(model, tok, [p.prompt for p in problems], n=recipe["samples"], temperature=TEMPERATURE,
+                   min_p=MIN_P, seed=SEED, batch=256)
     examples = [(p.prompt + t, arithmetic.check(t, p.answer)) for p, group in zip(problems, texts) for t in group]
     print(f"verifier data: {len(examples)} samples, {sum(l for _, l in examples) / len(examples):.1%} correct, "
           f"{time.time() - t0:.0f}s", flush=True)
@@ -347,8 +406,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgetts-train"), help="checkpoints and caches")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 leaves the other cores free)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false",
+                        help="run the step uncompiled (slower; for a machine without a C++ compiler)")
     args = parser.parse_args(argv)
-    train(args.name, args.work, steps=args.steps, threads=args.threads)
+    train(args.name, args.work, steps=args.steps, threads=args.threads, compile=args.compile)
 
 
 if __name__ == "__main__":
