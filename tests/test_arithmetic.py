@@ -99,3 +99,11 @@ def test_parse_rejects_garbage():
         A.parse("2+x")
     with pytest.raises(ValueError):
         A.parse("(2+3")
+
+
+def test_sums_and_differences_may_add_tens_then_units():
+    seen = {A.solve(expression, random.Random(seed)).split("\n")[1]
+            for expression in ("47+38", "95-38") for seed in range(40)}
+    assert {"47+38=85", "38+47=85", "47+30=77, 77+8=85", "38+40=78, 78+7=85"} <= seen
+    assert {"95-38=57", "95-30=65, 65-8=57"} <= seen, "a difference borrows in neither step"
+    assert A.solve("47+38") == "\n47+38=85\nAnswer: 85", "the canonical path never splits"
