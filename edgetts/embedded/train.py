@@ -14,8 +14,8 @@ Weights land in `edgetts/embedded/<name>/` as float16.
   problems with both right and wrong samples: see `contrastive`).
 
 Speed (measured on the 2-core VM, the generator's step): eager attention with an additive block
-mask 0.62 s against SDPA's 0.86 s, and `torch.compile` over fixed-shape batches 0.41 s, so the hour
-buys 2.4x the problems it bought before (402k against 166k).
+mask 0.62 s against SDPA's 0.86 s, and `torch.compile` over fixed-shape batches 0.41 s (after a
+one-time compile of ~70 s), so the hour buys 2.4x the problems it bought before (402k against 166k).
 """
 
 from __future__ import annotations
@@ -128,20 +128,17 @@ def pack(examples, pad_id: int, width: int = PACK_WIDTH, rows: int | None = None
 MISSES = 4  # examples that find no room before a fixed-size batch counts as full (they are dropped)
 
 
-def _fits(row: list, ids: list[int], width: int) -> bool:
-    return sum(len(i) for i, _ in row) + len(ids) <= width
-
-
-def _check_width(ids: list[int], width: int) -> None:
+def _room(rows: list[list], ids: list[int], width: int) -> list | None:
+    """The first row with room for `ids`, or None; an example wider than a row is an error."""
     if len(ids) > width:
         raise ValueError(f"an example of {len(ids)} tokens does not fit a packed row of {width}")
+    return next((r for r in rows if sum(len(i) for i, _ in r) + len(ids) <= width), None)
 
 
 def _first_fit_decreasing(examples, width: int) -> list[list]:
     rows: list[list] = []
     for ids, labels in sorted(examples, key=lambda e: -len(e[0])):
-        _check_width(ids, width)
-        row = next((r for r in rows if _fits(r, ids, width)), None)
+        row = _room(rows, ids, width)
         if row is None:
             rows.append(row := [])
         row.append((ids, labels))
@@ -152,8 +149,7 @@ def _fill(examples, width: int, n_rows: int) -> list[list]:
     rows: list[list] = [[] for _ in range(n_rows)]
     misses = 0
     for ids, labels in examples:
-        _check_width(ids, width)
-        row = next((r for r in rows if _fits(r, ids, width)), None)
+        row = _room(rows, ids, width)
         if row is None:
             misses += 1
             if misses == MISSES:
@@ -236,12 +232,12 @@ def train(name: str, work: Path, steps: int | None = None, save_every: int = 50,
 
     tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     model = initial_model(name, tokenizer_dir)
-    # Eager attention with the additive block mask runs a step 1.4x faster than SDPA's masked path on
-    # these 160-token rows (measured: 0.62 vs 0.86 s); the saved config goes back to the default.
+    # Eager attention and the compiled step: the timings are in the module docstring. The saved
+    # config goes back to the default attention.
     model.config._attn_implementation = "eager"
     batches = batch_source(name, tok, recipe, work)
     loss_fn = verifier_loss if name == "verifier" else lm_loss
-    if compile and name != "verifier":  # fixed-shape batches: compiled once (~80 s), then 1.45x faster again
+    if compile and name != "verifier":  # only the LM batches have a fixed shape
         loss_fn = torch.compile(loss_fn)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.98), weight_decay=0.01)
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
