@@ -395,6 +395,22 @@ class StepCheck:
         return self.steps > 0 and not self.wrong and self.answer_matches_last
 
 
+FINISHED_STEP = re.compile(STEP.pattern + r"(?=[,\n])")  # a step the model has moved on from
+
+
+def first_wrong_step(text: str) -> int | None:
+    """Where the first finished step with false arithmetic starts in a partial solution, or None.
+
+    The step checker during generation (`sample_n(repair=...)`): a step counts once the model has
+    written what follows it, so a number still being written is never judged.
+    """
+    for match in FINISHED_STEP.finditer(text):
+        a, op, b, value = match.groups()
+        if OPS[op](int(a), int(b)) != int(value):
+            return match.start()
+    return None
+
+
 def check_steps(text: str) -> StepCheck:
     """Re-verify each written `a op b = v` before the answer, without knowing the true answer."""
     answer = parse_answer(text)

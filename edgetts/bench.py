@@ -1,7 +1,8 @@
 """`edgetts bench`: accuracy vs latency of fixed strategies and of the controller, on a test split.
 
 Fixed strategies run as served (prompt -> samples -> verifier -> answer, wall-clock timed): greedy,
-majority@N and best-of-N@N by each verifier for N in {2, 4, 8, 16}. The controller then answers
+majority@N and best-of-N@N by each verifier for N in {2, 4, 8, 16}, and, where the controller
+samples with step repair, majority@N+repair (the same vote over repaired samples). The controller then answers
 every problem at budgets from greedy's median latency up to ~30x it. The result names, per budget,
 the best fixed strategy whose p95 latency fits, and checks the controller against it.
 """
@@ -55,19 +56,22 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         record("greedy", aggregate("single", greedy, extract=controller.extract).answer, time.perf_counter() - start)
         controller.observe_wave(len(ids), greedy, time.perf_counter() - start)  # serving keeps the profile fresh
         for n in ns:
-            start = time.perf_counter()
-            ids = prompt_tokens(engine.tokenizer, prompt)
             params = cal.sampling(seed=seed * 7919 + i * 131 + n)
-            samples = sample_n(engine, ids, n, params, max_tokens)
-            sampled = time.perf_counter() - start
-            controller.observe_wave(len(ids), samples, sampled)
-            record(f"majority@{n}", aggregate("majority", samples, extract=controller.extract).answer,
-                   time.perf_counter() - start)
-            for name, verifier in controller.verifiers.items():
-                began = time.perf_counter()
-                scores = verifier.score(prompt, [c.text for c in samples])
-                choice = aggregate("best_of_n", samples, scores, extract=controller.extract)
-                record(f"best_of_n@{n}+{name}", choice.answer, sampled + time.perf_counter() - began)
+            for repair in (None, controller.repair) if controller.repair else (None,):
+                start = time.perf_counter()
+                ids = prompt_tokens(engine.tokenizer, prompt)
+                samples = sample_n(engine, ids, n, params, max_tokens, repair=repair)
+                sampled = time.perf_counter() - start
+                controller.observe_wave(len(ids), samples, sampled)
+                vote = aggregate("majority", samples, extract=controller.extract).answer
+                record(f"majority@{n}" + ("+repair" if repair else ""), vote, time.perf_counter() - start)
+                if repair:
+                    continue  # repaired samples pass the step checker: the vote is the plan to compare
+                for name, verifier in controller.verifiers.items():
+                    began = time.perf_counter()
+                    scores = verifier.score(prompt, [c.text for c in samples])
+                    choice = aggregate("best_of_n", samples, scores, extract=controller.extract)
+                    record(f"best_of_n@{n}+{name}", choice.answer, sampled + time.perf_counter() - began)
         if progress:
             progress("fixed strategies", i + 1, len(problems))
     return [_summary(name, hits, times) for name, (hits, times) in outcomes.items()]
@@ -165,7 +169,7 @@ def plot(result: dict, out: str | Path) -> Path:
     families = {"greedy": "k", "majority": "tab:blue", "best_of_n": "tab:orange"}
     for f in result["fixed"]:
         color = next((c for prefix, c in families.items() if f["name"].startswith(prefix)), "tab:gray")
-        marker = "s" if "+steps" in f["name"] else "o"
+        marker = "s" if "+steps" in f["name"] else "^" if "+repair" in f["name"] else "o"
         ax.scatter(f["p95_s"], f["accuracy"], color=color, marker=marker, s=30, zorder=3)
         ax.annotate(f["name"], (f["p95_s"], f["accuracy"]), fontsize=6, xytext=(3, 2), textcoords="offset points")
     front = pareto([(f["p95_s"], f["accuracy"]) for f in result["fixed"]])

@@ -48,7 +48,7 @@ class Sample:
     answer: str | None
     correct: bool
     mean_logprob: float
-    length: int
+    length: int  # decode steps: tokens, plus any a step repair took back
     scores: dict[str, float] = field(default_factory=dict)  # verifier name -> score
     text: str = ""  # kept so a new verifier can score stored samples (`rescore`)
 
@@ -121,6 +121,7 @@ class Calibration:
     verifiers: dict[str, dict[str, float]] = field(default_factory=dict)
     lengths: dict[str, float] = field(default_factory=dict)
     min_p: float = 0.0  # files written before min-p sampling drew without it
+    repair: bool = False  # samples were drawn with step repair (their lengths count the rewound steps)
 
     def sampling(self, seed: int | None = None):
         """Sampling parameters of the plans: the ones the calibration's samples were drawn with."""
@@ -245,8 +246,9 @@ def _problem_scores(keys: list[PlanKey], record: Record, draws: int, rng: random
 
 def fit(records: Sequence[Record], *, task: str, model: str, temperature: float, verifiers: Sequence[str] = (),
         draws: int = 64, seed: int = 0, n_bins: int = 3, max_tokens: int | None = None,
-        progress: Callable[[int, int], None] | None = None, min_p: float = 0.0) -> Calibration:
-    """Fit a `Calibration` from collected records (see `collect`); `max_tokens`: the cap they were drawn with."""
+        progress: Callable[[int, int], None] | None = None, min_p: float = 0.0, repair: bool = False) -> Calibration:
+    """Fit a `Calibration` from collected records (see `collect`); `max_tokens`, `min_p`, `repair`: how
+    they were drawn."""
     if not records:
         raise ConfigError("calibration needs at least one labelled problem")
     n = min(len(r.samples) for r in records)
@@ -269,6 +271,7 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
         order_stats=order_statistics(records, [k for k in N_GRID if k <= n], rng),
         coverage=coverage(records), verifiers=verifier_stats,
         lengths={**length_summary(records), **({"cap": float(max_tokens)} if max_tokens else {})}, min_p=min_p,
+        repair=repair,
     )
 
 
@@ -453,10 +456,12 @@ def prior(model: str = "", verifiers: Sequence[str] = (), n_max: int = 16) -> Ca
 def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature: float, max_tokens: int,
             is_correct: Callable[[str | None, str], bool], verifiers: dict | None = None,
             extract=None, seed: int = 0, difficulty: Callable[[str], float] | None = None,
-            progress: Callable[[int, int], None] | None = None, min_p: float = 0.0) -> list[Record]:
+            progress: Callable[[int, int], None] | None = None, min_p: float = 0.0,
+            repair=None) -> list[Record]:
     """For each (prompt, truth): one greedy answer and n samples, scored by every verifier.
 
     `difficulty(prompt)`: a task feature that predicts answer length (default: prompt tokens).
+    `repair`: the step checker the samples are drawn with (see `sample_n`); greedy is drawn plain.
     """
     from edgetts.generate import prompt_tokens, sample_n
     from edgetts.strategies import extract_answer
@@ -472,7 +477,7 @@ def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature:
         drawn = []
         for begin in range(0, n, chunk):
             params = SamplingParams(temperature=temperature, min_p=min_p, seed=seed * 1_000_003 + i * 1009 + begin)
-            drawn += sample_n(engine, ids, min(chunk, n - begin), params, max_tokens)
+            drawn += sample_n(engine, ids, min(chunk, n - begin), params, max_tokens, repair=repair)
         scores = {name: v.score(prompt, [c.text for c in drawn]) for name, v in verifiers.items()}
         samples = [_sample(c, extract, is_correct, truth, {k: s[j] for k, s in scores.items()})
                    for j, c in enumerate(drawn)]
@@ -485,7 +490,7 @@ def collect(engine, problems: Sequence[tuple[str, str]], *, n: int, temperature:
 
 def _sample(completion, extract, is_correct, truth, scores) -> Sample:
     answer = extract(completion.text)
-    return Sample(answer, bool(is_correct(answer, truth)), completion.mean_logprob, len(completion.tokens), scores,
+    return Sample(answer, bool(is_correct(answer, truth)), completion.mean_logprob, completion.decode_steps, scores,
                   completion.text)
 
 

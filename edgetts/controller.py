@@ -40,14 +40,16 @@ class Plan:
     expected_accuracy: float
     predicted_s: float  # expected latency (adaptive plans: averaged over how many waves they draw)
     worst_s: float  # every wave drawn, times SAFETY
+    repair: bool = False  # samples are drawn with step repair
 
     @property
     def name(self) -> str:
-        return self.key.name + (" +draft" if self.draft else "")
+        return self.key.name + ("+repair" if self.repair else "") + (" +draft" if self.draft else "")
 
     def to_dict(self) -> dict:
         return {"name": self.name, "strategy": self.key.strategy, "n": self.key.n, "wave": self.key.wave,
-                "verifier": self.key.verifier or None, "draft": self.draft, "max_tokens": self.max_tokens,
+                "verifier": self.key.verifier or None, "draft": self.draft, "repair": self.repair,
+                "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "min_p": self.min_p, "expected_accuracy": round(self.expected_accuracy, 4),
                 "predicted_s": round(self.predicted_s, 4), "worst_s": round(self.worst_s, 4)}
 
@@ -135,11 +137,13 @@ class Controller:
     def __init__(self, engine, profile: DeviceProfile, calibration: Calibration,
                  verifiers: Mapping[str, Verifier] | None = None, *, drafter=None, extract=extract_answer,
                  log_path: str | Path | None = None, profile_path: str | Path | None = None,
-                 seed: int | None = None, difficulty=None):
+                 seed: int | None = None, difficulty=None, repair=None):
         self.engine, self.profile, self.calibration = engine, profile, calibration
         self.verifiers = dict(verifiers or {})
         self.drafter, self.extract = drafter, extract
         self.difficulty = difficulty  # prompt -> the task feature calibration used (None: prompt tokens)
+        # samples are drawn as calibration drew them: with step repair only if it did (it sets the lengths)
+        self.repair = repair if calibration.repair else None
         generative = frozenset(n for n, v in self.verifiers.items() if getattr(v, "generative", True))
         self.cost = CostModel(profile, calibration, generative)
         self.log_path = Path(log_path) if log_path else cache_dir() / "decisions.jsonl"
@@ -177,7 +181,7 @@ class Controller:
         expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft, difficulty)
         sampling = self.calibration.sampling() if key.strategy != "greedy" else SamplingParams()
         return Plan(key, cap, sampling.temperature, sampling.min_p, draft, self.calibration.accuracy(key, difficulty),
-                    expected, worst)
+                    expected, worst, repair=self.repair is not None and key.strategy != "greedy" and not draft)
 
     def _fallback(self, prompt_tokens: int, budget: float, cap: int, difficulty: float) -> Plan:
         """Nothing fits: greedy with max tokens cut to what the budget can decode."""
@@ -222,7 +226,7 @@ class Controller:
         """Fold one batch of samples (prompt prefill + decode) into the online profile: compare its time
         with the prediction for the lengths that really came out (samples cut by the guard count with
         the tokens they reached). Call it for any `sample_n` done on this engine."""
-        predicted = self.profile.prefill_s(n_prompt) + self.cost.decode_s([len(c.tokens) for c in completions])
+        predicted = self.profile.prefill_s(n_prompt) + self.cost.decode_s([c.decode_steps for c in completions])
         self.profile.observe("decode", predicted, seconds, batch=len(completions))
 
     def _log(self, answer: Answer, budget: float, n_prompt: int, difficulty: float, truth: str | None) -> None:
@@ -289,7 +293,8 @@ class _Execution:
         if self.plan.draft:
             new = [self._draw_speculative(params, stop_at)]
         else:
-            new = sample_n(self.c.engine, self.ids, size, params, self.plan.max_tokens, deadline=stop_at)
+            new = sample_n(self.c.engine, self.ids, size, params, self.plan.max_tokens, deadline=stop_at,
+                           repair=self.c.repair if self.plan.repair else None)
         self.c.observe_wave(len(self.ids), new, time.monotonic() - began)
         self.completions += new
         self.waves += 1

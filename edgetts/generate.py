@@ -5,13 +5,15 @@
 - `stream_generate` wraps either: prompt formatting (chat template), the context guard, EOS and
   stop strings, detokenization, and yields `GenerationResponse`s with running statistics;
 - `generate` is the convenience call returning one `Response`;
-- `sample_n` draws N samples from one prompt prefill, decoding them as one batch.
+- `sample_n` draws N samples from one prompt prefill, decoding them as one batch, optionally with
+  step repair: a checker finds a wrong step in a partial sample, which is rewound to that step's
+  start and drawn again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from edgetts.engine import Engine
@@ -21,6 +23,8 @@ from edgetts.tokenizer import Tokenizer
 from edgetts.types import Completion, SamplingParams
 
 Prompt = str | Sequence[int]
+StepCheck = Callable[[str], "int | None"]  # partial text -> offset where its first wrong step starts, or None
+REPAIR_RETRIES = 8  # rewinds per sample; then it goes on unrepaired (a model sure of a wrong step stays so)
 DETOKENIZE_CONTEXT, DETOKENIZE_TAIL = 4, 16  # tokens of left context; tokens decoded before re-anchoring
 
 
@@ -97,6 +101,7 @@ class TextTracker:
         self.shown = 0  # characters already handed out
         self.finish_reason: str | None = None
         self._anchor, self._anchor_text = 0, ""  # text of tokens[:anchor], decoded once
+        self.rewound = 0  # tokens taken back by `rewind`
 
     def add(self, token: int, logprob: float) -> str:
         """Record one token; return the newly safe text. Sets finish_reason on EOS or a stop string."""
@@ -139,6 +144,21 @@ class TextTracker:
             self.tokens.pop()
             self.logprobs.pop()
 
+    def rewind(self, offset: int) -> int:
+        """Take back the tokens from the one that writes character `offset` on; return how many went.
+
+        Only for sequences that show no text yet (sample_n): nothing already handed out is unsaid.
+        """
+        keep = len(self.tokens)
+        while keep and len(self.tokenizer.decode(self.tokens[:keep])) > offset:
+            keep -= 1
+        dropped = len(self.tokens) - keep
+        self.rewound += dropped
+        del self.tokens[keep:], self.logprobs[keep:]
+        self.text = self.tokenizer.decode(self.tokens)
+        self._anchor, self._anchor_text, self.shown = 0, "", 0
+        return dropped
+
     def finish(self, reason: str) -> str:
         self.finish_reason = self.finish_reason or reason
         return self._flush(self.text)
@@ -161,7 +181,7 @@ class TextTracker:
 
     def completion(self, seconds: float) -> Completion:
         return Completion(text=self.text, tokens=list(self.tokens), logprobs=list(self.logprobs),
-                          finish_reason=self.finish_reason or "length", seconds=seconds)
+                          finish_reason=self.finish_reason or "length", seconds=seconds, rewound=self.rewound)
 
 
 # --- the layers --------------------------------------------------------------------------
@@ -254,12 +274,17 @@ class _Run:
 # --- N samples, one prefill --------------------------------------------------------------
 
 def sample_n(engine: Engine, prompt_tokens: Sequence[int], n: int, params: SamplingParams, max_tokens: int,
-             stop: Sequence[str] = (), deadline: float | None = None) -> list[Completion]:
+             stop: Sequence[str] = (), deadline: float | None = None, repair: StepCheck | None = None,
+             retries: int = REPAIR_RETRIES) -> list[Completion]:
     """N samples of one prompt: prefill once, fork into N sequences, decode them as one batch.
 
     Sample i uses seed `params.seed + i` (see `sample_seeds`), so it equals a single generation
     with that seed. `deadline` is an absolute `time.monotonic()`; samples unfinished by then end
     with finish_reason "deadline". Sequence ids 0..n-1 are used and released.
+
+    `repair(text)`: a step checker run on each partial sample; where it reports a wrong step, the
+    sample is rewound to that step's start (its KV cache truncated) and goes on sampling from
+    there, at most `retries` times (RESEARCH.md §1: a process verifier used during generation).
     """
     if not 1 <= n <= engine.info.n_seq_max:
         raise ConfigError(f"n={n!r} is invalid: this engine holds 1..{engine.info.n_seq_max} sequences "
@@ -267,48 +292,65 @@ def sample_n(engine: Engine, prompt_tokens: Sequence[int], n: int, params: Sampl
     ids = [int(t) for t in prompt_tokens]
     limit = room_for(engine, len(ids), max_tokens)
     start = time.perf_counter()
-    samplers = [Sampler(params, seed=s) for s in sample_seeds(params, n)]
-    trackers = [TextTracker(engine.tokenizer, stop) for _ in range(n)]
+    batch = _Batch(engine, ids, params, n, stop, limit, repair, retries)
     try:
-        pending = _first_tokens(engine, ids, samplers, trackers, limit)
-        _decode_batch(engine, ids, samplers, trackers, limit, deadline, pending)
+        batch.run(deadline)
     finally:
         for seq in range(n):
             engine.release(seq)
     seconds = time.perf_counter() - start
-    return [t.completion(seconds) for t in trackers]
+    return [t.completion(seconds) for t in batch.trackers]
 
 
-def _first_tokens(engine, ids, samplers, trackers, limit) -> dict[int, list[int]]:
-    """Prefill the prompt once in sequence 0, fork it to the others, draw every sample's first token."""
-    for seq in range(len(trackers)):
-        engine.release(seq)
-    last = engine.eval(0, ids)[-1]
-    for seq in range(1, len(trackers)):
-        engine.fork(0, seq)
-    return {seq: [token] for seq, token in _advance(ids, samplers, trackers, limit, {s: last for s in range(len(trackers))})}
+class _Batch:
+    """The sequences of one `sample_n` call. Invariant: sequence s's KV cache holds the prompt and
+    every token of sample s but the last, which is the next one to evaluate."""
 
+    def __init__(self, engine, ids, params, n, stop, limit, repair, retries):
+        self.engine, self.ids, self.limit, self.repair = engine, ids, limit, repair
+        self.samplers = [Sampler(params, seed=s) for s in sample_seeds(params, n)]
+        self.trackers = [TextTracker(engine.tokenizer, stop) for _ in range(n)]
+        self.retries = [retries] * n
 
-def _advance(ids, samplers, trackers, limit, rows: dict) -> list[tuple[int, int]]:
-    """Sample one token for each sequence in `rows`; return (seq, token) for those still going."""
-    going = []
-    for seq, logits in rows.items():
-        tracker = trackers[seq]
-        token, logprob = samplers[seq](logits, ids + tracker.tokens)
-        tracker.add(token, logprob)
-        if tracker.finish_reason is None and len(tracker.tokens) >= limit:
-            tracker.finish("length")
-        if tracker.finish_reason is None:
-            going.append((seq, token))
-    return going
+    def run(self, deadline: float | None) -> None:
+        """Prefill the prompt once in sequence 0, fork it, then step every live sequence together."""
+        engine, n = self.engine, len(self.trackers)
+        for seq in range(n):
+            engine.release(seq)
+        last = engine.eval(0, self.ids)[-1]
+        for seq in range(1, n):
+            engine.fork(0, seq)
+        pending = self._advance({seq: last for seq in range(n)})
+        while pending:
+            if deadline is not None and time.monotonic() >= deadline:
+                for seq in pending:
+                    self.trackers[seq].finish("deadline")
+                return
+            pending = self._advance({seq: logits[-1] for seq, logits in engine.eval_batch(pending).items()})
 
+    def _advance(self, rows: dict) -> dict[int, list[int]]:
+        """Sample one token for each sequence in `rows`; return what each live one evaluates next."""
+        going = {}
+        for seq, logits in rows.items():
+            tracker = self.trackers[seq]
+            token, logprob = self.samplers[seq](logits, self.ids + tracker.tokens)
+            tracker.add(token, logprob)
+            if tracker.finish_reason is None and len(tracker.tokens) >= self.limit:
+                tracker.finish("length")
+            if tracker.finish_reason is None:
+                going[seq] = self._repaired(seq) or [token]
+        return going
 
-def _decode_batch(engine, ids, samplers, trackers, limit, deadline, pending) -> None:
-    """Every live sequence takes one token per batch step; each stops on its own."""
-    while pending:
-        if deadline is not None and time.monotonic() >= deadline:
-            for seq in pending:
-                trackers[seq].finish("deadline")
-            return
-        rows = {seq: logits[-1] for seq, logits in engine.eval_batch(pending).items()}
-        pending = {seq: [token] for seq, token in _advance(ids, samplers, trackers, limit, rows)}
+    def _repaired(self, seq: int) -> list[int] | None:
+        """If the checker finds a wrong step, rewind to its start; return the token to evaluate next."""
+        tracker = self.trackers[seq]
+        if self.repair is None or not self.retries[seq]:
+            return None
+        offset = self.repair(tracker.text)
+        if offset is None:
+            return None
+        self.retries[seq] -= 1
+        tracker.rewind(offset)
+        history = self.ids + tracker.tokens
+        self.engine.truncate(seq, len(history) - 1)  # re-evaluate the last kept token: its logits are gone
+        return history[-1:]

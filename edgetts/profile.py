@@ -395,8 +395,8 @@ def _distinct(candidate: str, n: int) -> list[str]:
 
 def measure_profile(engine, *, name: str, model: str, verifier=None, verifier_candidate: str | None = None,
                     draft: Callable[[], tuple[float, float]] | None = None, load_seconds: float = 0.0,
-                    batches: Sequence[int] = BATCHES, prompt_tokens: int = 32, steps: int = 8,
-                    repeats: int = 3, progress: bool = False) -> DeviceProfile:
+                    batches: Sequence[int] = BATCHES, prompt_tokens: int = 32, steps: int = 16,
+                    repeats: int = 7, progress: bool = False) -> DeviceProfile:
     """Measure prefill, decode at each batch size, the verifier and the drafter on `engine`.
 
     `verifier`: a `Verifier` to time on 1 and 8 candidates. `draft`: a callable returning
@@ -412,10 +412,16 @@ def measure_profile(engine, *, name: str, model: str, verifier=None, verifier_ca
                  for n in lengths]
         results["prefill"] = _fit_line(lengths, times)
 
-    def decode(n):
-        results[n] = _median_time(lambda: _step_seconds(engine, prompt, n, steps), repeats)
+    rounds: dict[int, list[float]] = {n: [] for n in usable}
 
-    tasks = [_Task("prefill", prefill)] + [_Task(f"decode n={n}", lambda n=n: decode(n)) for n in usable]
+    def decode_round():
+        # every batch size once per round: a burst of load on a shared machine then skews all
+        # sizes alike instead of one (it made batch 4 look 1.8x slower than batch 2 once)
+        for n in usable:
+            rounds[n].append(_step_seconds(engine, prompt, n, steps))
+            results[n] = statistics.median(rounds[n])
+
+    tasks = [_Task("prefill", prefill)] + [_Task(f"decode {r + 1}/{repeats}", decode_round) for r in range(repeats)]
     if verifier is not None:
         candidates = _distinct(verifier_candidate or "\n37*40=1480, 37*8=296, 1480+296=1776, 15+1776=1791\nAnswer: 1791", 8)
 

@@ -42,6 +42,7 @@ class Family:
     weights_stamp: str = ""  # identifies the weights a calibration was fitted on
     drafter: object = None  # for speculative greedy decoding, when the profile shows it pays
     difficulty: object = None  # prompt -> a feature that predicts answer length (None: prompt tokens)
+    repair: object = None  # partial text -> offset of its first wrong step (sampling rewinds there)
 
     @property
     def key(self) -> str:
@@ -81,7 +82,7 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
                                                    suffix="{candidate}" + embedded.VERIFIER_SUFFIX)
         verifiers["both"] = ProductVerifier(verifiers["steps"], verifiers["verifier"], name="both")
     return Family(EMBEDDED, engine, verifiers, load_seconds, _stamp(embedded.path("generator")),
-                  _embedded_drafter(fmt, runtime), arithmetic_difficulty)
+                  _embedded_drafter(fmt, runtime), arithmetic_difficulty, arithmetic.first_wrong_step)
 
 
 def arithmetic_difficulty(prompt: str) -> float:
@@ -188,7 +189,8 @@ def _shipped_calibration() -> Calibration | None:
 def controller_for(family: Family, progress: bool = False, **options) -> Controller:
     profile, path = ensure_profile(family, progress=progress)
     return Controller(family.engine, profile, find_calibration(family), family.verifiers,
-                      drafter=family.drafter, profile_path=path, difficulty=family.difficulty, **options)
+                      drafter=family.drafter, profile_path=path, difficulty=family.difficulty, repair=family.repair,
+                      **options)
 
 
 @lru_cache(maxsize=4)
@@ -277,7 +279,8 @@ def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temp
         records = _collect(family, problems, n, temperature, min_p, max_tokens, step("sampling"))
     save_records(records, samples_path)
     calibration = fit(records, task=family.name, model=family.weights_stamp, temperature=temperature, min_p=min_p,
-                      verifiers=list(family.verifiers), draws=draws, max_tokens=max_tokens,
+                      repair=family.repair is not None, verifiers=list(family.verifiers), draws=draws,
+                      max_tokens=max_tokens,
                       progress=step("fitting plans"))
     return calibration, calibration.save(path)
 
@@ -287,7 +290,7 @@ def _collect(family: Family, problems, n, temperature, min_p, max_tokens, progre
 
     return collect(family.engine, problems, n=n, temperature=temperature, min_p=min_p, max_tokens=max_tokens,
                    is_correct=same_answer, verifiers=family.verifiers, difficulty=family.difficulty,
-                   progress=progress)
+                   progress=progress, repair=family.repair)
 
 
 # --- edgetts run --budget -----------------------------------------------------------------------------

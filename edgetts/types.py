@@ -64,6 +64,12 @@ class Completion:
     logprobs: list[float]  # log-probability of each generated token under the sampling distribution
     finish_reason: str  # "stop" (EOS or stop string), "length" (max tokens), "deadline" (budget ran out)
     seconds: float = 0.0
+    rewound: int = 0  # tokens drawn and then taken back by step repair (they cost decode steps too)
+
+    @property
+    def decode_steps(self) -> int:
+        """Decode steps this sample took: its tokens plus the ones a step repair took back."""
+        return len(self.tokens) + self.rewound
 
     @property
     def sum_logprob(self) -> float:

@@ -107,3 +107,10 @@ def test_sums_and_differences_may_add_tens_then_units():
     assert {"47+38=85", "38+47=85", "47+30=77, 77+8=85", "38+40=78, 78+7=85"} <= seen
     assert {"95-38=57", "95-30=65, 65-8=57"} <= seen, "a difference borrows in neither step"
     assert A.solve("47+38") == "\n47+38=85\nAnswer: 85", "the canonical path never splits"
+
+
+def test_first_wrong_step_judges_only_finished_steps():
+    assert A.first_wrong_step("\n47+30=77, 77+8=86") is None  # the last number may still grow
+    assert A.first_wrong_step("\n47+30=77, 77+8=86\n") == 11
+    assert A.first_wrong_step("\n850*4=3300, 3*4=12") == 1
+    assert A.first_wrong_step("\n40*6=240, 7*6=42, 240+42=282\nAnswer: 282") is None

@@ -123,14 +123,22 @@ def test_plans_sample_the_way_the_calibration_was_drawn(calibration, tmp_path, m
     from edgetts.controller import _Execution
 
     e = engine(0.0)
-    c = Controller(e, measure(e), dataclasses.replace(calibration, min_p=0.25), {}, log_path=tmp_path / "d.jsonl")
-    greedy, vote = c._evaluate(PlanKey("greedy", 1, 1), 11, 24, 11), c._evaluate(PlanKey("majority", 4, 4), 11, 24, 11)
-    assert (greedy.temperature, greedy.min_p) == (0.0, 0.0) and (vote.temperature, vote.min_p) == (1.0, 0.25)
+    check = lambda text: None  # noqa: E731
     drawn = []
     real = edgetts.generate.sample_n
-    monkeypatch.setattr(edgetts.generate, "sample_n", lambda *a, **k: drawn.append(a[3]) or real(*a, **k))
-    _Execution(c, vote, "What is 2?", e.tokenizer.encode("What is 2?"), deadline=time.monotonic() + 5).go()
-    assert drawn and all((p.temperature, p.min_p) == (1.0, 0.25) for p in drawn)
+    monkeypatch.setattr(edgetts.generate, "sample_n", lambda *a, **k: drawn.append((a[3], k["repair"])) or real(*a, **k))
+    for repaired in (True, False):
+        drawn.clear()
+        c = Controller(e, measure(e), dataclasses.replace(calibration, min_p=0.25, repair=repaired), {},
+                       log_path=tmp_path / "d.jsonl", repair=check)
+        greedy, vote = c._evaluate(PlanKey("greedy", 1, 1), 11, 24, 11), c._evaluate(PlanKey("majority", 4, 4), 11, 24, 11)
+        assert (greedy.temperature, greedy.min_p) == (0.0, 0.0) and (vote.temperature, vote.min_p) == (1.0, 0.25)
+        for plan in (vote, greedy):
+            _Execution(c, plan, "What is 2?", e.tokenizer.encode("What is 2?"), deadline=time.monotonic() + 5).go()
+        params, repair = drawn[0]
+        assert (params.temperature, params.min_p) == (1.0, 0.25)
+        assert repair is (check if repaired else None)  # step repair only where calibration drew with it
+        assert drawn[-1][1] is None  # greedy is never repaired
 
 
 def test_an_answer_comes_back_even_when_the_budget_is_tiny(controller):

@@ -234,3 +234,47 @@ def test_incremental_detokenization_equals_decoding_everything(tiny_model):
         shown += tracker.add(token, 0.0)
     assert tracker.text == tok.decode(tracker.tokens)
     assert tok.decode(tracker.tokens).startswith(shown)
+
+
+# --- step repair ------------------------------------------------------------------------
+
+def one_step_script(prompt_len: int):
+    """After the prompt the model writes `1+1=`, then `2` or `3` (even odds), then `,` and stops."""
+    text = b"1+1="
+
+    def script(prefix):
+        logits = np.full(258, -30.0, dtype=np.float32)
+        made = prefix[prompt_len:]
+        if len(made) < len(text):
+            logits[text[len(made)]] = 30.0
+        elif len(made) == len(text):
+            logits[[ord("2"), ord("3")]] = 0.0
+        else:
+            logits[ord(",") if len(made) == len(text) + 1 else EOS] = 30.0
+        return logits
+    return script
+
+
+def test_step_repair_rewinds_a_wrong_step_and_draws_it_again():
+    from edgetts.arithmetic import first_wrong_step
+
+    prompt = FakeEngine().tokenizer.encode("hi")
+    engine = FakeEngine(script=one_step_script(len(prompt)))
+    params = SamplingParams(temperature=1.0, seed=3)
+    plain = sample_n(engine, prompt, 8, params, max_tokens=20)
+    repaired = sample_n(engine, prompt, 8, params, max_tokens=20, repair=first_wrong_step)
+    assert {c.text for c in plain} == {"1+1=2,", "1+1=3,"}
+    # the engine's cache was cut back with the text: a stale token would have derailed the script
+    assert all(c.text == "1+1=2," and c.finish_reason == "stop" for c in repaired)
+    assert any(c.rewound >= 6 for c in repaired) and all(c.rewound % 6 == 0 for c in repaired)
+    assert all(c.decode_steps == len(c.tokens) + c.rewound for c in repaired)
+    assert engine.sequences() == []
+
+
+def test_step_repair_gives_up_after_its_retries():
+    prompt = FakeEngine().tokenizer.encode("hi")
+    engine = FakeEngine(script=one_step_script(len(prompt)))
+    always_wrong = lambda text: 0 if text.endswith(",") else None  # noqa: E731
+    out = sample_n(engine, prompt, 2, SamplingParams(temperature=1.0, seed=0), max_tokens=20, repair=always_wrong,
+                   retries=3)
+    assert all(c.rewound == 3 * 6 and c.text.endswith(",") and c.finish_reason == "stop" for c in out)
