@@ -2,9 +2,10 @@
 
 Fixed strategies run as served (prompt -> samples -> verifier -> answer, wall-clock timed): greedy,
 majority@N and best-of-N@N by each verifier for N in {2, 4, 8, 16}, and, where the controller
-samples with step repair, majority@N+repair (the same vote over repaired samples). The controller then answers
-every problem at budgets from greedy's median latency up to ~30x it. The result names, per budget,
-the best fixed strategy whose p95 latency fits, and checks the controller against it.
+samples with step repair, majority@N+repair (the same vote over repaired samples). The controller
+then answers every problem at budgets from greedy's median latency up to ~30x it. The result
+names, per budget, the best fixed strategy whose p95 latency fits, and checks the controller
+against it.
 """
 
 from __future__ import annotations

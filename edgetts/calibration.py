@@ -9,7 +9,7 @@
 - the same per difficulty bin (prompt-length terciles), shrunk toward the overall figure;
 - coverage pass@k (unbiased) and its fit c(k) = exp(a·k^b);
 - verifier quality: TPR/FPR at 0.5, AUROC, and the accept threshold with FPR <= 5 %;
-- answer lengths: a linear model in prompt tokens and the order statistics of N sample lengths
+- answer lengths: a power law in the difficulty feature and the order statistics of N sample lengths
   (a batch lasts as long as its longest sample).
 
 `prior()` is the calibration used before any exists: conservative, documented guesses.
@@ -103,6 +103,7 @@ class PlanStats:
     accuracy: float
     by_bin: list[float]
     waves: list[float]  # waves[k] = P(at least k+1 waves are drawn); [1.0] for one-shot plans
+    waves_by_bin: list[list[float]] = field(default_factory=list)  # the same per difficulty bin
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Calibration:
     temperature: float
     bin_edges: list[float]  # prompt-token thresholds between difficulty bins
     plans: dict[str, PlanStats]
-    length_model: dict[str, float]  # mean tokens = intercept + slope * difficulty (samples and greedy)
+    length_model: dict[str, float]  # mean steps = exp(log_scale) * difficulty^exponent (samples and greedy)
     order_stats: dict[str, list[float]]  # N -> E[sorted lengths / mean length], ascending
     coverage: dict[str, object] = field(default_factory=dict)
     verifiers: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -145,9 +146,20 @@ class Calibration:
             return stats.accuracy
         return stats.by_bin[min(self.bin_of(difficulty), len(stats.by_bin) - 1)]
 
+    def waves(self, key: PlanKey, difficulty: float | None = None) -> list[float]:
+        """P(at least k+1 waves) for a plan, in this difficulty's bin: easy problems settle the vote early."""
+        stats = self.plans[key.encode()]
+        if difficulty is None or not stats.waves_by_bin:
+            return stats.waves
+        return stats.waves_by_bin[min(self.bin_of(difficulty), len(stats.waves_by_bin) - 1)]
+
     def mean_length(self, difficulty: float, greedy: bool = False) -> float:
+        """Predicted mean answer length (decode steps): a power law when fitted, else a straight line
+        (priors, and files fitted before the power law)."""
         m = self.length_model
         which = "greedy" if greedy else "sample"
+        if "sample_exponent" in m:
+            return max(math.exp(m[f"{which}_log_scale"]) * max(difficulty, 0.5) ** m[f"{which}_exponent"], 1.0)
         return max(m[f"{which}_intercept"] + m[f"{which}_slope"] * difficulty, 1.0)
 
     def order(self, n: int) -> list[float]:
@@ -277,14 +289,20 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
 
 def _summarise(key: PlanKey, per_problem: list[tuple[float, list[int]]], bins: list[int], n_bins: int) -> PlanStats:
     overall = statistics.fmean(score for score, _ in per_problem)
-    by_bin = []
+    by_bin, waves_by_bin = [], []
     for b in range(n_bins):
-        scores = [score for (score, _), pb in zip(per_problem, bins) if pb == b]
-        by_bin.append((sum(scores) + SHRINK * overall) / (len(scores) + SHRINK))
-    used = [w for _, waves in per_problem for w in waves]
-    most = max(used)
+        in_bin = [p for p, pb in zip(per_problem, bins) if pb == b]
+        by_bin.append((sum(score for score, _ in in_bin) + SHRINK * overall) / (len(in_bin) + SHRINK))
+        waves_by_bin.append(_wave_curve([w for _, waves in in_bin for w in waves]))
     return PlanStats(round(overall, 5), [round(x, 5) for x in by_bin],
-                     [round(sum(u > k for u in used) / len(used), 5) for k in range(most)])
+                     _wave_curve([w for _, waves in per_problem for w in waves]), waves_by_bin)
+
+
+def _wave_curve(used: list[int]) -> list[float]:
+    """waves[k] = share of replays that drew at least k+1 waves."""
+    if not used:
+        return [1.0]
+    return [round(sum(u > k for u in used) / len(used), 5) for k in range(max(used))]
 
 
 def _discount_unproven_gains(plans: dict[str, PlanStats], per_problem: list[dict], grid: list[PlanKey]) -> None:
@@ -388,14 +406,18 @@ def accept_threshold(negatives: Sequence[float], max_fpr: float) -> float:
 
 
 def length_model(records: Sequence[Record]) -> dict[str, float]:
-    xs = [difficulty_of(r) for r in records]
+    """Mean length = scale * difficulty^exponent, fitted on logs: on the built-in family's dev split
+    this predicts a problem's mean sample length within 13 % (median) where a straight line gave
+    19 %, and a straight line predicted 7 steps for `9+5` (13 real ones)."""
+    xs = [math.log(max(difficulty_of(r), 0.5)) for r in records]
     out = {}
     for which, ys in (("sample", [statistics.fmean(s.length for s in r.samples) for r in records]),
                       ("greedy", [r.greedy.length for r in records])):
-        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        logs = [math.log(max(y, 1.0)) for y in ys]
+        mx, my = statistics.fmean(xs), statistics.fmean(logs)
         var = sum((x - mx) ** 2 for x in xs)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
-        out[f"{which}_intercept"], out[f"{which}_slope"] = round(my - slope * mx, 4), round(slope, 5)
+        exponent = sum((x - mx) * (y - my) for x, y in zip(xs, logs)) / var if var else 0.0
+        out[f"{which}_log_scale"], out[f"{which}_exponent"] = round(my - exponent * mx, 5), round(exponent, 5)
     return out
 
 

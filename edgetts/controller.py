@@ -27,7 +27,9 @@ from edgetts.verifiers import Verifier
 
 SAFETY = 1.15  # plan so that the all-waves prediction times this fits the budget (VM noise is ±10-20 %)
 GUARD_MARGIN_S = 0.010  # kept for aggregation, and for a step that the OS preempts on a busy machine
+GUARD_SHARE = 0.05  # ... but no more than this share of the budget: 10 ms is a fifth of a 45 ms budget
 DEFAULT_MAX_TOKENS = 256
+DECISION_ALPHA = 0.25  # moving-average weight of the newest decision time
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,16 @@ class CostModel:
 
     def predict(self, prompt_tokens: int, key: PlanKey, waves: list[float], max_tokens: int,
                 draft: bool = False, difficulty: float | None = None) -> tuple[float, float]:
-        """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor)."""
-        one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty) + GUARD_MARGIN_S
+        """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor); the guard's
+        margin is not in either: it is time kept free, not spent."""
+        one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty)
         n_waves = -(-key.n // key.wave)
         return one * sum(waves[:n_waves]), one * n_waves * SAFETY
+
+
+def guard_margin(budget: float) -> float:
+    """Seconds the deadline guard keeps free at the end of a request of this budget."""
+    return min(GUARD_MARGIN_S, GUARD_SHARE * budget)
 
 
 # --- the controller -----------------------------------------------------------------------------
@@ -149,6 +157,7 @@ class Controller:
         self.log_path = Path(log_path) if log_path else cache_dir() / "decisions.jsonl"
         self.profile_path = Path(profile_path) if profile_path else None
         self.rng = random.Random(seed)
+        self._decision_s = 0.0  # moving average of the time from request to plan (tokenizing + planning)
         self._keys = [k for k in calibration.keys() if self._usable(k)]
 
     def _usable(self, key: PlanKey) -> bool:
@@ -166,28 +175,30 @@ class Controller:
             raise ConfigError(f"budget={budget!r} is invalid: give seconds > 0 (e.g. 2 or 0.5)")
         cap = self._max_tokens(max_tokens)
         difficulty = prompt_tokens if difficulty is None else difficulty
+        room = budget - guard_margin(budget)
         best = None
         for key in self._keys:
             plan = self._evaluate(key, prompt_tokens, cap, difficulty)
-            if plan.worst_s <= budget and (best is None or _better(plan, best)):
+            if plan.worst_s <= room and (best is None or _better(plan, best)):
                 best = plan
-        best = best or self._fallback(prompt_tokens, budget, cap, difficulty)
+        best = best or self._fallback(prompt_tokens, room, cap, difficulty)
         # the deadline guard ends the request by budget - margin whatever the plan would have taken
-        return replace(best, predicted_s=min(best.predicted_s, budget - GUARD_MARGIN_S))
+        return replace(best, predicted_s=min(best.predicted_s, room))
 
     def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float) -> Plan:
         stats = self.calibration.stats(key)
         draft = key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
-        expected, worst = self.cost.predict(prompt_tokens, key, stats.waves, cap, draft, difficulty)
+        waves = self.calibration.waves(key, difficulty)
+        expected, worst = self.cost.predict(prompt_tokens, key, waves, cap, draft, difficulty)
         sampling = self.calibration.sampling() if key.strategy != "greedy" else SamplingParams()
         return Plan(key, cap, sampling.temperature, sampling.min_p, draft, self.calibration.accuracy(key, difficulty),
                     expected, worst, repair=self.repair is not None and key.strategy != "greedy" and not draft)
 
-    def _fallback(self, prompt_tokens: int, budget: float, cap: int, difficulty: float) -> Plan:
-        """Nothing fits: greedy with max tokens cut to what the budget can decode."""
+    def _fallback(self, prompt_tokens: int, room: float, cap: int, difficulty: float) -> Plan:
+        """Nothing fits: greedy with max tokens cut to what `room` seconds can decode (as the guard would)."""
         greedy = self._evaluate(PlanKey("greedy", 1, 1), prompt_tokens, cap, difficulty)
-        room = (budget / SAFETY - self.profile.prefill_s(prompt_tokens)) / self.profile.step_s(1)
-        tokens = max(1, min(cap, int(room)))
+        decodable = (room - self.profile.prefill_s(prompt_tokens)) / self.profile.step_s(1)
+        tokens = max(1, min(cap, int(decodable)))
         return self._evaluate(greedy.key, prompt_tokens, tokens, difficulty) if tokens < cap else greedy
 
     def _max_tokens(self, user_cap: int | None) -> int:
@@ -212,9 +223,13 @@ class Controller:
         start = time.monotonic()
         ids = prompt_tokens(self.engine.tokenizer, prompt)
         difficulty = self.difficulty(prompt) if self.difficulty else len(ids)
-        plan = self.plan(len(ids), budget, max_tokens, difficulty)
+        # plan for the time left once this decision is made: the guard's deadline counts from `start`
+        left = budget - (time.monotonic() - start) - self._decision_s
+        plan = self.plan(len(ids), max(left, budget * 0.5), max_tokens, difficulty)
         decided = time.monotonic()
-        run = _Execution(self, plan, prompt, ids, deadline=start + budget, difficulty=difficulty)
+        self._decision_s += DECISION_ALPHA * ((decided - start) - self._decision_s)
+        run = _Execution(self, plan, prompt, ids, deadline=start + budget, difficulty=difficulty,
+                         margin=guard_margin(budget))
         run.go()
         answer = run.answer(budget, start, (decided - start) * 1e3)
         self._log(answer, budget, len(ids), difficulty, truth)
@@ -252,8 +267,9 @@ class _Execution:
     """One plan running against a deadline: waves, stopping rules, verifier, guard."""
 
     def __init__(self, controller: Controller, plan: Plan, prompt: str, ids: list[int], deadline: float,
-                 difficulty: float | None = None):
+                 difficulty: float | None = None, margin: float = GUARD_MARGIN_S):
         self.c, self.plan, self.prompt, self.ids, self.deadline = controller, plan, prompt, ids, deadline
+        self.margin = margin
         self.difficulty = difficulty
         self.completions: list[Completion] = []
         self.scores: list[float] = []
@@ -280,7 +296,7 @@ class _Execution:
     def _wave_fits(self, size: int) -> bool:
         wave = PlanKey(self.plan.key.strategy, size, size, self.plan.key.verifier)
         need = self.c.cost.wave_s(len(self.ids), wave, self.plan.max_tokens, difficulty=self.difficulty)
-        return time.monotonic() + need + GUARD_MARGIN_S <= self.deadline
+        return time.monotonic() + need + self.margin <= self.deadline
 
     def _draw(self, size: int) -> None:
         from edgetts.generate import sample_n
@@ -289,7 +305,7 @@ class _Execution:
         params = SamplingParams(temperature=self.plan.temperature, min_p=self.plan.min_p, seed=seed)
         began = time.monotonic()
         # stop decoding one (predicted) step early: sample_n checks the deadline before each step
-        stop_at = self.deadline - GUARD_MARGIN_S - self._verify_reserve(size) - self.c.profile.step_s(size)
+        stop_at = self.deadline - self.margin - self._verify_reserve(size) - self.c.profile.step_s(size)
         if self.plan.draft:
             new = [self._draw_speculative(params, stop_at)]
         else:
@@ -330,7 +346,7 @@ class _Execution:
             return
         verifier = self.c.verifiers[name]
         predicted = self._verify_reserve(len(new))
-        if time.monotonic() + predicted + GUARD_MARGIN_S > self.deadline:
+        if time.monotonic() + predicted + self.margin > self.deadline:
             self.verified = False  # no time to verify: fall back to the weighted vote
             return
         began = time.monotonic()
@@ -364,7 +380,8 @@ class _Execution:
         if used != self.plan.key.strategy and self.plan.key.strategy != "greedy":
             explanation += f"; verifier skipped by the deadline guard, used {used}"
         truncated = any(c.finish_reason == "deadline" for c in self.completions)
-        return Answer(choice.answer, text, self.plan, explanation, self.plan.predicted_s, latency,
+        predicted = decision_ms / 1e3 + self.plan.predicted_s  # the decision's time is known by now
+        return Answer(choice.answer, text, self.plan, explanation, predicted, latency,
                       samples=len(self.completions), waves=self.waves, stop_reason=self.stop_reason,
                       truncated=truncated, decision_ms=decision_ms, extra={"support": choice.support})
 

@@ -90,6 +90,13 @@ def test_adaptive_plans_draw_fewer_waves_at_similar_accuracy(calibration):
     assert calibration.accuracy(key) >= calibration.accuracy(PlanKey("majority", 8, 8)) - 0.05
 
 
+def test_easy_problems_settle_the_vote_in_fewer_waves(calibration):
+    key = PlanKey("majority", 8, 2)
+    easy, hard = calibration.waves(key, 8), calibration.waves(key, 30)
+    assert easy[0] == hard[0] == 1.0 and sum(easy) < sum(hard) - 0.5
+    assert calibration.waves(key) == calibration.stats(key).waves  # no difficulty: over every problem
+
+
 def test_difficulty_bins_separate_easy_from_hard(calibration):
     key = PlanKey("majority", 4, 4)
     assert len(calibration.bin_edges) == 2
@@ -200,3 +207,15 @@ def test_the_shipped_embedded_calibration_loads():
     cal = _shipped_calibration()
     assert cal is not None and cal.source == "fitted" and cal.n_problems >= 100
     assert cal.accuracy(PlanKey("best_of_n", 16, 16, "steps")) > cal.accuracy(PlanKey("greedy", 1, 1))
+
+
+def test_lengths_that_grow_faster_than_difficulty_follow_a_power_law():
+    records = synthetic(20)
+    for r in records:  # length = difficulty^1.5: a straight line misses both ends
+        r.difficulty = float(r.prompt_tokens)
+        for s in r.samples + [r.greedy]:
+            s.length = round(r.prompt_tokens ** 1.5)
+    cal = fit(records, task="t", model="m", temperature=0.7, draws=4)
+    assert cal.mean_length(9) == pytest.approx(27, rel=0.02) and cal.mean_length(25) == pytest.approx(125, rel=0.02)
+    assert cal.mean_length(9, greedy=True) == pytest.approx(27, rel=0.02)
+    assert prior().mean_length(9) == 40.0  # priors (and older files) keep the straight line

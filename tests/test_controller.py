@@ -8,7 +8,7 @@ import pytest
 from tts_helpers import SlowEngine, answering_script
 
 from edgetts.calibration import PlanKey, collect, fit
-from edgetts.controller import SAFETY, Controller, CostModel
+from edgetts.controller import GUARD_MARGIN_S, SAFETY, Controller, CostModel, guard_margin
 from edgetts.profile import measure_profile
 from edgetts.verifiers import CheckerVerifier
 
@@ -102,6 +102,9 @@ def test_solve_answers_within_budget_and_logs_the_decision(controller, tmp_path)
     assert entry["outcome"] is True and entry["plan"]["name"] == answer.plan.name
     assert {"features", "predicted_latency_s", "latency_s", "budget_s", "answer"} <= set(entry)
     assert entry["features"]["prompt_tokens"] == 11 and entry["features"]["difficulty"] == 11
+    # the prediction includes the time spent deciding; later plans leave room for it
+    assert answer.predicted_latency_s == pytest.approx(answer.decision_ms / 1e3 + answer.plan.predicted_s, abs=1e-4)
+    assert c._decision_s > 0
 
 
 def test_adaptive_plan_stops_when_the_vote_is_settled(controller, calibration):
@@ -177,6 +180,10 @@ def test_slowed_engine_plans_shrink_after_remeasurement_and_the_deadline_holds(c
 def _cost(plan) -> float:
     """Samples a plan may draw, for comparing plan sizes."""
     return plan.key.n
+
+
+def test_the_guard_keeps_a_share_of_small_budgets():
+    assert guard_margin(0.04) == pytest.approx(0.002) and guard_margin(2.0) == GUARD_MARGIN_S
 
 
 def test_cost_model_charges_a_batch_for_its_longest_sample(controller):
