@@ -6,7 +6,7 @@ import random
 from math import comb
 
 import pytest
-from tts_helpers import SlowEngine, answering_script
+from tts_helpers import SlowEngine, answering_script, one_step_script
 
 from edgetts.calibration import (
     PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
@@ -219,3 +219,17 @@ def test_lengths_that_grow_faster_than_difficulty_follow_a_power_law():
     assert cal.mean_length(9) == pytest.approx(27, rel=0.02) and cal.mean_length(25) == pytest.approx(125, rel=0.02)
     assert cal.mean_length(9, greedy=True) == pytest.approx(27, rel=0.02)
     assert prior().mean_length(9) == 40.0  # priors (and older files) keep the straight line
+
+
+def test_collect_draws_samples_with_the_step_checker_and_counts_the_rewound_steps():
+    from edgetts.arithmetic import first_wrong_step
+    from edgetts.testing import FakeEngine
+
+    prompt = "hi"
+    engine = FakeEngine(script=one_step_script(len(FakeEngine().tokenizer.encode(prompt))))
+    kwargs = dict(n=8, temperature=1.0, max_tokens=20, is_correct=lambda a, t: a == t, seed=1)
+    repaired = collect(engine, [(prompt, "2")], repair=first_wrong_step, **kwargs)[0]
+    plain = collect(engine, [(prompt, "2")], **kwargs)[0]
+    assert all(s.correct for s in repaired.samples) and not all(s.correct for s in plain.samples)
+    assert max(s.length for s in repaired.samples) > 6 == max(s.length for s in plain.samples)  # "1+1=2," + rewinds
+    assert fit([repaired], task="t", model="m", temperature=1.0, draws=2, repair=True).repair

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from tts_helpers import one_step_script
 
 from edgetts.errors import ConfigError, ContextOverflowError
 from edgetts.generate import generate, prompt_tokens, sample_n, stream_generate
@@ -237,23 +238,6 @@ def test_incremental_detokenization_equals_decoding_everything(tiny_model):
 
 
 # --- step repair ------------------------------------------------------------------------
-
-def one_step_script(prompt_len: int):
-    """After the prompt the model writes `1+1=`, then `2` or `3` (even odds), then `,` and stops."""
-    text = b"1+1="
-
-    def script(prefix):
-        logits = np.full(258, -30.0, dtype=np.float32)
-        made = prefix[prompt_len:]
-        if len(made) < len(text):
-            logits[text[len(made)]] = 30.0
-        elif len(made) == len(text):
-            logits[[ord("2"), ord("3")]] = 0.0
-        else:
-            logits[ord(",") if len(made) == len(text) + 1 else EOS] = 30.0
-        return logits
-    return script
-
 
 def test_step_repair_rewinds_a_wrong_step_and_draws_it_again():
     from edgetts.arithmetic import first_wrong_step

@@ -1,4 +1,4 @@
-"""Doubles for the test-time-scaling tests: a scripted answering model and a slowed engine."""
+"""Doubles for the test-time-scaling tests: scripted answering models and a slowed engine."""
 
 from __future__ import annotations
 
@@ -29,6 +29,23 @@ def answering_script(answers=(("4", 2.0), ("5", 1.2), ("7", 0.3)), length: int =
         else:
             out[EOS] = 5.0
         return out
+    return script
+
+
+def one_step_script(prompt_len: int):
+    """After the prompt the model writes `1+1=`, then `2` or `3` (even odds), then `,` and stops."""
+    text = b"1+1="
+
+    def script(prefix):
+        logits = np.full(258, -30.0, dtype=np.float32)
+        made = prefix[prompt_len:]
+        if len(made) < len(text):
+            logits[text[len(made)]] = 30.0
+        elif len(made) == len(text):
+            logits[[ord("2"), ord("3")]] = 0.0
+        else:
+            logits[ord(",") if len(made) == len(text) + 1 else EOS] = 30.0
+        return logits
     return script
 
 
