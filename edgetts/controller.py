@@ -114,8 +114,9 @@ class CostModel:
                      tuple(self.profile.decode_by_batch))
         if signature not in self._cache:
             cal, p = self.calibration, self.profile
-            mean = min(cal.mean_length(difficulty, greedy=greedy), max_tokens)
-            lengths = [min(q * mean, max_tokens) for q in (cal.order(wave) if not greedy else [1.0])]
+            mean = cal.mean_length(difficulty, greedy=greedy)
+            ratios = [cal.greedy_ratio(difficulty)] if greedy else cal.order(wave, difficulty)
+            lengths = [min(q * mean, max_tokens) for q in ratios]
             decode = self.decode_s(lengths) / p.scale("decode")
             if draft and p.draft_speedup:
                 decode /= p.draft_speedup

@@ -233,3 +233,16 @@ def test_collect_draws_samples_with_the_step_checker_and_counts_the_rewound_step
     assert all(s.correct for s in repaired.samples) and not all(s.correct for s in plain.samples)
     assert max(s.length for s in repaired.samples) > 6 == max(s.length for s in plain.samples)  # "1+1=2," + rewinds
     assert fit([repaired], task="t", model="m", temperature=1.0, draws=2, repair=True).repair
+
+
+def test_batch_lengths_are_predicted_per_difficulty_bin():
+    records = synthetic(30, n=8)
+    spread = random.Random(3)
+    for r in records:  # easy problems: every sample as long; hard ones: lengths spread +-60 %
+        for s in r.samples:
+            s.length = 2 * r.prompt_tokens if r.prompt_tokens < 16 else round(2 * r.prompt_tokens * spread.uniform(0.4, 1.6))
+    cal = fit(records, task="t", model="m", temperature=0.7, draws=4)
+    easy, hard = cal.order(8, 9), cal.order(8, 30)
+    assert easy[-1] == pytest.approx(easy[0], rel=0.25) and hard[-1] > 1.3 * hard[0]
+    assert cal.order(8) == cal.order_stats["8"] and len(cal.order(5, 30)) == 5
+    assert cal.greedy_ratio(9) == pytest.approx(1.0, abs=0.25) and cal.greedy_ratio() == 1.0

@@ -139,6 +139,19 @@ def test_auroc_and_majority():
     assert ev.majority([3, 5, 5], weights=[0.9, 0.1, 0.1]) == 3
 
 
+def test_k_sample_methods_average_over_disjoint_blocks():
+    assert ev.blocks(64, 16) == [slice(0, 16), slice(16, 32), slice(32, 48), slice(48, 64)]
+    assert ev.blocks(10, 4) == [slice(0, 4), slice(4, 8)], "a partial block is not a block"
+    problems = [arithmetic.Problem("1+1", 2, 1), arithmetic.Problem("2*3", 6, 1)]
+    solved = {(0, 0), (0, 2), (1, 1)}  # problem 0 in blocks 0 and 2, problem 1 in block 1 of 4
+    acc = ev.over_blocks(problems, 8, 2, lambda i, s: (i, s.start // 2) in solved)
+    assert acc["overall"] == 37.5 and acc["1"] == 37.5
+    samples = [["2,\nAnswer: 2"] * 2 + ["Answer: 3"] * 6, ["Answer: 6"] * 4 + ["Answer: 5"] * 4]
+    votes = ev.scaling(problems, samples, [True, True])["majority_at_k"]
+    assert votes[2]["overall"] == 37.5  # 1 of 4 blocks + 2 of 4
+    assert votes[8]["overall"] == 50.0  # one block: 3 outvotes 2; the 4-4 tie goes to 6, seen first
+
+
 def test_training_batches_are_deterministic_and_mask_the_prompt():
     from tokenizers import Tokenizer
 
