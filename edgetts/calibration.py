@@ -40,6 +40,7 @@ SELECTORS = ("best_of_n", "weighted_best_of_n", "best_of_majority")
 WAVES = (1, 2, 4)
 N_MAX_ADAPTIVE = (4, 8, 12, 16)
 GAIN_PROOF_SE = 1.0  # standard errors a plan's gain over the plain vote must clear (see _discount_unproven_gains)
+N_BINS = 3  # difficulty bins (quantiles of the dev problems' difficulty)
 SHRINK = 20  # problems' worth of weight the overall accuracy gets in each difficulty bin
 
 
@@ -270,7 +271,7 @@ def _problem_scores(keys: list[PlanKey], record: Record, draws: int, rng: random
 
 
 def fit(records: Sequence[Record], *, task: str, model: str, temperature: float, verifiers: Sequence[str] = (),
-        draws: int = 64, seed: int = 0, n_bins: int = 3, max_tokens: int | None = None,
+        draws: int = 64, seed: int = 0, n_bins: int = N_BINS, max_tokens: int | None = None,
         progress: Callable[[int, int], None] | None = None, min_p: float = 0.0, repair: bool = False) -> Calibration:
     """Fit a `Calibration` from collected records (see `collect`); `max_tokens`, `min_p`, `repair`: how
     they were drawn."""

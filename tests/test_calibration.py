@@ -9,7 +9,7 @@ import pytest
 from tts_helpers import SlowEngine, answering_script, one_step_script
 
 from edgetts.calibration import (
-    PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
+    N_BINS, PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
     load_records, pass_at_k, plan_grid, prior, save_records,
 )
 
@@ -99,7 +99,7 @@ def test_easy_problems_settle_the_vote_in_fewer_waves(calibration):
 
 def test_difficulty_bins_separate_easy_from_hard(calibration):
     key = PlanKey("majority", 4, 4)
-    assert len(calibration.bin_edges) == 2
+    assert len(calibration.bin_edges) == N_BINS - 1
     assert calibration.accuracy(key, difficulty=9) > calibration.accuracy(key, difficulty=29)
 
 
