@@ -6,7 +6,8 @@
 - plan accuracy by Monte-Carlo N-subsets drawn without replacement from the stored samples, for
   every aggregation strategy and N, and for adaptive plans (waves + stopping rules) by replaying
   random orders of the samples — with the distribution of waves they used;
-- the same per difficulty bin (prompt-length terciles), shrunk toward the overall figure;
+- the same per difficulty bin (terciles of the task's difficulty feature, else of prompt length),
+  shrunk toward the overall figure;
 - coverage pass@k (unbiased) and its fit c(k) = exp(a·k^b);
 - verifier quality: TPR/FPR at 0.5, AUROC, and the accept threshold with FPR <= 5 %;
 - answer lengths: a power law in the difficulty feature and the order statistics of N sample lengths
@@ -85,6 +86,10 @@ class PlanKey:
         if self.wave < self.n:
             text += f"/wave{self.wave}"
         return text
+
+    @property
+    def waves_max(self) -> int:
+        return -(-self.n // self.wave)
 
     @property
     def adaptive(self) -> bool:
@@ -497,8 +502,7 @@ def prior(model: str = "", verifiers: Sequence[str] = (), n_max: int = 16) -> Ca
         if key.verifier:
             gain += 0.15 * (1 - key.n ** -0.5)
         base = 0.5 if key.strategy == "greedy" else 0.45 if key.n == 1 else 0.5
-        n_waves = -(-key.n // key.wave)
-        waves = [1.0] + [0.5] * (n_waves - 1)
+        waves = [1.0] + [0.5] * (key.waves_max - 1)
         plans[key.encode()] = PlanStats(round(base + gain, 4), [], waves)
     return Calibration(
         task="prior", model=model, source="prior", n_problems=0, samples_per_problem=n_max, temperature=TEMPERATURE,

@@ -129,8 +129,7 @@ class CostModel:
         """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor); the guard's
         margin is not in either: it is time kept free, not spent."""
         one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty)
-        n_waves = -(-key.n // key.wave)
-        return one * sum(waves[:n_waves]), one * n_waves * SAFETY
+        return one * sum(waves[:key.waves_max]), one * key.waves_max * SAFETY
 
 
 def guard_margin(budget: float) -> float:
@@ -179,16 +178,22 @@ class Controller:
         room = budget - guard_margin(budget)
         best = None
         for key in self._keys:
+            # the worst case (every wave, times SAFETY) first: most plans do not fit small budgets,
+            # and building one costs more than this check
+            if self.cost.wave_s(prompt_tokens, key, cap, self._drafts(key), difficulty) * key.waves_max * SAFETY > room:
+                continue
             plan = self._evaluate(key, prompt_tokens, cap, difficulty)
-            if plan.worst_s <= room and (best is None or _better(plan, best)):
+            if best is None or _better(plan, best):
                 best = plan
         best = best or self._fallback(prompt_tokens, room, cap, difficulty)
         # the deadline guard ends the request by budget - margin whatever the plan would have taken
         return replace(best, predicted_s=min(best.predicted_s, room))
 
+    def _drafts(self, key: PlanKey) -> bool:
+        return key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
+
     def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float) -> Plan:
-        stats = self.calibration.stats(key)
-        draft = key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
+        draft = self._drafts(key)
         waves = self.calibration.waves(key, difficulty)
         expected, worst = self.cost.predict(prompt_tokens, key, waves, cap, draft, difficulty)
         sampling = self.calibration.sampling() if key.strategy != "greedy" else SamplingParams()

@@ -273,6 +273,8 @@ def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temp
     step = (lambda label: (lambda i, total: progress(label, i, total))) if progress else (lambda label: None)
     if reuse_samples and samples_path.is_file():
         records = load_records(samples_path)
+        for record in records:  # the family's difficulty feature may have changed since they were drawn
+            record.difficulty = family.difficulty(record.prompt) if family.difficulty else None
         missing = {k: v for k, v in family.verifiers.items() if k not in records[0].samples[0].scores}
         rescore(records, missing, progress=step("scoring"))
     else:

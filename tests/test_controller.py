@@ -284,3 +284,16 @@ def test_a_profile_of_other_weights_is_measured_again(tmp_path):
     new = Family("fake", engine(0.0), weights_stamp="222")  # e.g. an upgrade shipped new built-in weights
     again, _ = ensure_profile(new, path=path)
     assert again.model == "fake@222"
+
+
+def test_refitting_from_saved_samples_uses_the_current_difficulty_feature(tmp_path):
+    from edgetts.calibration import load_records
+    from edgetts.session import Family, calibrate
+
+    problems = [(f"What is {d}?", "4") for d in range(4)]
+    out = tmp_path / "c.calibration.json"
+    family = Family("fake", engine(0.0), difficulty=lambda prompt: 1.0)
+    calibrate(family, problems, n=2, max_tokens=16, draws=2, out=out)
+    family.difficulty = lambda prompt: 2.0 + int(prompt[8])  # the feature changed since the samples were drawn
+    calibrate(family, problems, n=2, max_tokens=16, draws=2, out=out, reuse_samples=True)
+    assert [r.difficulty for r in load_records(tmp_path / "c.samples.jsonl")] == [2.0, 3.0, 4.0, 5.0]
