@@ -147,19 +147,23 @@ class Calibration:
     def bin_of(self, difficulty: float) -> int:
         return sum(difficulty > edge for edge in self.bin_edges)
 
+    def in_bin(self, per_bin: list, difficulty: float):
+        """The entry of a per-bin list for this difficulty (the last one if the list is shorter)."""
+        return per_bin[min(self.bin_of(difficulty), len(per_bin) - 1)]
+
     def accuracy(self, key: PlanKey, difficulty: float | None = None) -> float:
         """Expected accuracy of a plan, for a request of this difficulty (its bin) or overall."""
         stats = self.plans[key.encode()]
         if difficulty is None or not stats.by_bin:
             return stats.accuracy
-        return stats.by_bin[min(self.bin_of(difficulty), len(stats.by_bin) - 1)]
+        return self.in_bin(stats.by_bin, difficulty)
 
     def waves(self, key: PlanKey, difficulty: float | None = None) -> list[float]:
         """P(at least k+1 waves) for a plan, in this difficulty's bin: easy problems settle the vote early."""
         stats = self.plans[key.encode()]
         if difficulty is None or not stats.waves_by_bin:
             return stats.waves
-        return stats.waves_by_bin[min(self.bin_of(difficulty), len(stats.waves_by_bin) - 1)]
+        return self.in_bin(stats.waves_by_bin, difficulty)
 
     def mean_length(self, difficulty: float, greedy: bool = False) -> float:
         """Predicted mean answer length (decode steps): a power law when fitted, else a straight line
@@ -175,7 +179,7 @@ class Calibration:
         difficulty's bin when fitted per bin (that also corrects the length model's bias there)."""
         table = self.order_stats
         if difficulty is not None and self.order_stats_by_bin:
-            table = self.order_stats_by_bin[min(self.bin_of(difficulty), len(self.order_stats_by_bin) - 1)]
+            table = self.in_bin(self.order_stats_by_bin, difficulty)
         if str(n) in table:
             return table[str(n)]
         known = sorted(int(k) for k in table if k != "greedy")
@@ -186,7 +190,7 @@ class Calibration:
         """Greedy's length over its predicted mean, in this difficulty's bin (1 when not fitted)."""
         if difficulty is None or not self.order_stats_by_bin:
             return 1.0
-        return self.order_stats_by_bin[min(self.bin_of(difficulty), len(self.order_stats_by_bin) - 1)]["greedy"][0]
+        return self.in_bin(self.order_stats_by_bin, difficulty)["greedy"][0]
 
     def save(self, path: str | Path) -> Path:
         from edgetts.export.atomic import write_text_atomic
@@ -296,15 +300,15 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
             progress(i + 1, len(records))
     plans = {key.encode(): _summarise(key, [p[key] for p in per_problem], bins, len(edges) + 1) for key in grid}
     _discount_unproven_gains(plans, per_problem, grid)
+    sizes = [k for k in N_GRID if k <= n]
     calibration = Calibration(
         task=task, model=model, source="fitted", n_problems=len(records), samples_per_problem=n,
         temperature=temperature, bin_edges=edges, plans=plans, length_model=length_model(records),
-        order_stats=order_statistics(records, [k for k in N_GRID if k <= n], rng),
+        order_stats=order_statistics(records, sizes, rng),
         coverage=coverage(records), verifiers=verifier_stats,
         lengths={**length_summary(records), **({"cap": float(max_tokens)} if max_tokens else {})}, min_p=min_p,
         repair=repair,
     )
-    sizes = [k for k in N_GRID if k <= n]
     calibration.order_stats_by_bin = order_statistics_by_bin(records, bins, len(edges) + 1, sizes, calibration, rng)
     return calibration
 
