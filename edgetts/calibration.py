@@ -42,6 +42,9 @@ WAVES = (1, 2, 4)
 N_MAX_ADAPTIVE = (4, 8, 12, 16)
 GAIN_PROOF_SE = 1.0  # standard errors a plan's gain over the plain vote must clear (see _discount_unproven_gains)
 N_BINS = 3  # difficulty bins (quantiles of the dev problems' difficulty)
+# Finer bins for how many waves an adaptive plan draws, read between their centres: inside one of
+# the three bins the built-in family's best-of-16 in waves of 4 goes from 1.0 waves to 2.8.
+WAVE_BINS = 8
 SHRINK = 20  # problems' worth of weight the overall accuracy gets in each difficulty bin
 
 
@@ -109,7 +112,7 @@ class PlanStats:
     accuracy: float
     by_bin: list[float]
     waves: list[float]  # waves[k] = P(at least k+1 waves are drawn); [1.0] for one-shot plans
-    waves_by_bin: list[list[float]] = field(default_factory=list)  # the same per difficulty bin
+    waves_by_bin: list[list[float]] = field(default_factory=list)  # the same per wave bin (see wave_centres)
 
 
 @dataclass
@@ -131,6 +134,8 @@ class Calibration:
     repair: bool = False  # samples were drawn with step repair (their lengths count the rewound steps)
     # per difficulty bin: N -> E[sorted lengths / *predicted* mean length], and "greedy" -> [ratio]
     order_stats_by_bin: list[dict[str, list[float]]] = field(default_factory=list)
+    # mean difficulty of each wave bin; files without it kept their wave curves per difficulty bin
+    wave_centres: list[float] = field(default_factory=list)
 
     def sampling(self, seed: int | None = None):
         """Sampling parameters of the plans: the ones the calibration's samples were drawn with."""
@@ -159,11 +164,13 @@ class Calibration:
         return self.in_bin(stats.by_bin, difficulty)
 
     def waves(self, key: PlanKey, difficulty: float | None = None) -> list[float]:
-        """P(at least k+1 waves) for a plan, in this difficulty's bin: easy problems settle the vote early."""
+        """P(at least k+1 waves) for a plan at this difficulty: easy problems settle the vote early."""
         stats = self.plans[key.encode()]
         if difficulty is None or not stats.waves_by_bin:
             return stats.waves
-        return self.in_bin(stats.waves_by_bin, difficulty)
+        if len(self.wave_centres) != len(stats.waves_by_bin):
+            return self.in_bin(stats.waves_by_bin, difficulty)
+        return _between(self.wave_centres, stats.waves_by_bin, difficulty)
 
     def mean_length(self, difficulty: float, greedy: bool = False) -> float:
         """Predicted mean answer length (decode steps): a power law when fitted, else a straight line
@@ -196,6 +203,19 @@ class Calibration:
         from edgetts.export.atomic import write_text_atomic
 
         return write_text_atomic(path, json.dumps({"schema": SCHEMA_VERSION, **asdict(self)}, indent=1))
+
+
+def _between(centres: list[float], curves: list[list[float]], x: float) -> list[float]:
+    """The curve at x, read linearly between the two nearest centres (the end curves beyond them)."""
+    if x <= centres[0] or len(centres) == 1:
+        return curves[0]
+    if x >= centres[-1]:
+        return curves[-1]
+    j = max(i for i, c in enumerate(centres) if c <= x)
+    t = (x - centres[j]) / (centres[j + 1] - centres[j])
+    width = max(len(curves[j]), len(curves[j + 1]))
+    lo, hi = (c + [0.0] * (width - len(c)) for c in (curves[j], curves[j + 1]))
+    return [a + t * (b - a) for a, b in zip(lo, hi)]
 
 
 def _resample(values: list[float], n: int) -> list[float]:
@@ -298,7 +318,12 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
         per_problem.append(_problem_scores(grid, record, draws, rng, accept))
         if progress:
             progress(i + 1, len(records))
-    plans = {key.encode(): _summarise(key, [p[key] for p in per_problem], bins, len(edges) + 1) for key in grid}
+    difficulties = [difficulty_of(r) for r in records]
+    wave_edges = _bin_edges(difficulties, WAVE_BINS)
+    wave_bins = [sum(d > e for e in wave_edges) for d in difficulties]
+    centres = [statistics.fmean(d for d, b in zip(difficulties, wave_bins) if b == k) for k in range(len(wave_edges) + 1)]
+    plans = {key.encode(): _summarise(key, [p[key] for p in per_problem], bins, len(edges) + 1, wave_bins, len(centres))
+             for key in grid}
     _discount_unproven_gains(plans, per_problem, grid)
     sizes = [k for k in N_GRID if k <= n]
     calibration = Calibration(
@@ -307,19 +332,21 @@ def fit(records: Sequence[Record], *, task: str, model: str, temperature: float,
         order_stats=order_statistics(records, sizes, rng),
         coverage=coverage(records), verifiers=verifier_stats,
         lengths={**length_summary(records), **({"cap": float(max_tokens)} if max_tokens else {})}, min_p=min_p,
-        repair=repair,
+        repair=repair, wave_centres=[round(c, 3) for c in centres],
     )
     calibration.order_stats_by_bin = order_statistics_by_bin(records, bins, len(edges) + 1, sizes, calibration, rng)
     return calibration
 
 
-def _summarise(key: PlanKey, per_problem: list[tuple[float, list[int]]], bins: list[int], n_bins: int) -> PlanStats:
+def _summarise(key: PlanKey, per_problem: list[tuple[float, list[int]]], bins: list[int], n_bins: int,
+               wave_bins: list[int], n_wave_bins: int) -> PlanStats:
     overall = statistics.fmean(score for score, _ in per_problem)
-    by_bin, waves_by_bin = [], []
+    by_bin = []
     for b in range(n_bins):
         in_bin = [p for p, pb in zip(per_problem, bins) if pb == b]
         by_bin.append((sum(score for score, _ in in_bin) + SHRINK * overall) / (len(in_bin) + SHRINK))
-        waves_by_bin.append(_wave_curve([w for _, waves in in_bin for w in waves]))
+    waves_by_bin = [_wave_curve([w for (_, waves), wb in zip(per_problem, wave_bins) if wb == b for w in waves])
+                    for b in range(n_wave_bins)]
     return PlanStats(round(overall, 5), [round(x, 5) for x in by_bin],
                      _wave_curve([w for _, waves in per_problem for w in waves]), waves_by_bin)
 

@@ -12,20 +12,20 @@ See RESEARCH.md §1.5 (stopping), §2.2 (latency model), §2.3 (online updates),
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from edgetts.calibration import Calibration, PlanKey
+from edgetts.calibration import N_GRID, Calibration, PlanKey
 from edgetts.errors import ConfigError
 from edgetts.profile import DeviceProfile, cache_dir, save_profile
 from edgetts.strategies import NEEDS_SCORES, Choice, aggregate, extract_answer, should_stop
 from edgetts.types import Completion, SamplingParams
 from edgetts.verifiers import Verifier
 
-SAFETY = 1.15  # plan so that the all-waves prediction times this fits the budget (VM noise is ±10-20 %)
 GUARD_MARGIN_S = 0.010  # kept for aggregation, and for a step that the OS preempts on a busy machine
 GUARD_SHARE = 0.05  # ... but no more than this share of the budget: 10 ms is a fifth of a 45 ms budget
 DEFAULT_MAX_TOKENS = 256
@@ -41,7 +41,7 @@ class Plan:
     draft: bool
     expected_accuracy: float
     predicted_s: float  # expected latency (adaptive plans: averaged over how many waves they draw)
-    worst_s: float  # every wave drawn, times SAFETY
+    worst_s: float  # every wave drawn
     repair: bool = False  # samples are drawn with step repair
 
     @property
@@ -124,12 +124,28 @@ class CostModel:
             self._cache[signature] = (p.prefill_s(prompt_tokens) / p.scale("prefill"), decode, verify)
         return self._cache[signature]
 
+    def finish_share(self, prompt_tokens: int, key: PlanKey, room: float, max_tokens: int,
+                     difficulty: float) -> float:
+        """Share of a wave's samples expected to finish within `room` seconds while the whole wave
+        decodes together (the guard cuts the rest): the calibration's order statistics of 16 sample
+        lengths at this difficulty, read as quantiles of one sample's length. Greedy's length has no
+        spread in the calibration, so the feasibility check alone decides it."""
+        if key.strategy == "greedy":
+            return 1.0
+        p = self.profile
+        prefill, _, verify = self._parts(prompt_tokens, difficulty, False, key.wave,
+                                         key.verifier in self.generative, max_tokens, False)
+        steps = (room - prefill * p.scale("prefill") - verify * p.scale("verifier")) / p.step_s(key.wave)
+        mean = self.calibration.mean_length(difficulty)
+        quantiles = self.calibration.order(16, difficulty)
+        return sum(min(q * mean, max_tokens) <= steps for q in quantiles) / len(quantiles)
+
     def predict(self, prompt_tokens: int, key: PlanKey, waves: list[float], max_tokens: int,
                 draft: bool = False, difficulty: float | None = None) -> tuple[float, float]:
-        """(expected seconds, worst-case seconds with every wave drawn and the SAFETY factor); the guard's
+        """(expected seconds, worst-case seconds with every wave drawn); the guard's
         margin is not in either: it is time kept free, not spent."""
         one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty)
-        return one * sum(waves[:key.waves_max]), one * key.waves_max * SAFETY
+        return one * sum(waves[:key.waves_max]), one * key.waves_max
 
 
 def guard_margin(budget: float) -> float:
@@ -178,11 +194,11 @@ class Controller:
         room = budget - guard_margin(budget)
         best = None
         for key in self._keys:
-            # the worst case (every wave, times SAFETY) first: most plans do not fit small budgets,
-            # and building one costs more than this check
-            if self.cost.wave_s(prompt_tokens, key, cap, self._drafts(key), difficulty) * key.waves_max * SAFETY > room:
+            # the worst case (every wave drawn) first: most plans do not fit small budgets, and
+            # building one costs more than this check
+            if self.cost.wave_s(prompt_tokens, key, cap, self._drafts(key), difficulty) * key.waves_max > room:
                 continue
-            plan = self._evaluate(key, prompt_tokens, cap, difficulty)
+            plan = self._evaluate(key, prompt_tokens, cap, difficulty, room)
             if best is None or _better(plan, best):
                 best = plan
         best = best or self._fallback(prompt_tokens, room, cap, difficulty)
@@ -192,13 +208,34 @@ class Controller:
     def _drafts(self, key: PlanKey) -> bool:
         return key.n == 1 and (self.profile.draft_speedup or 0) > 1.05 and self.drafter is not None
 
-    def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float) -> Plan:
+    def _evaluate(self, key: PlanKey, prompt_tokens: int, cap: int, difficulty: float,
+                  room: float | None = None) -> Plan:
+        """The plan of `key` for this request; with `room`, its accuracy counts the samples the
+        guard would cut by then."""
         draft = self._drafts(key)
         waves = self.calibration.waves(key, difficulty)
         expected, worst = self.cost.predict(prompt_tokens, key, waves, cap, draft, difficulty)
         sampling = self.calibration.sampling() if key.strategy != "greedy" else SamplingParams()
-        return Plan(key, cap, sampling.temperature, sampling.min_p, draft, self.calibration.accuracy(key, difficulty),
-                    expected, worst, repair=self.repair is not None and key.strategy != "greedy" and not draft)
+        accuracy = self.calibration.accuracy(key, difficulty)
+        if room is not None:
+            share = self.cost.finish_share(prompt_tokens, key, room, cap, difficulty)
+            accuracy = self._accuracy_when_cut(key, share, accuracy, difficulty)
+        return Plan(key, cap, sampling.temperature, sampling.min_p, draft, accuracy, expected, worst, repair=self.repair is not None and key.strategy != "greedy" and not draft)
+
+    def _accuracy_when_cut(self, key: PlanKey, share: float, full: float, difficulty: float) -> float:
+        """Expected accuracy when each sample of the first wave finishes with probability `share`: the
+        vote runs over the k that finish (k ~ Binomial(wave, share)); with none, no answer."""
+        if share >= 1.0:
+            return full
+        n = key.wave
+        return sum(math.comb(n, k) * share ** k * (1 - share) ** (n - k)
+                   * (full if k == n else self._vote_accuracy(k, difficulty)) for k in range(1, n + 1))
+
+    def _vote_accuracy(self, k: int, difficulty: float) -> float:
+        """Calibrated accuracy of a plain vote of k samples (the largest calibrated vote size up to k)."""
+        size = max(m for m in N_GRID if m <= k)
+        key = PlanKey("single", 1, 1) if size == 1 else PlanKey("majority", size, size)
+        return self.calibration.accuracy(key, difficulty) if self.calibration.stats(key) else 0.0
 
     def _fallback(self, prompt_tokens: int, room: float, cap: int, difficulty: float) -> Plan:
         """Nothing fits: greedy with max tokens cut to what `room` seconds can decode (as the guard would)."""

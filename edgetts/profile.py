@@ -93,8 +93,18 @@ class DeviceProfile:
 
     def step_s(self, n: float) -> float:
         """One decode step with `n` live sequences: piecewise linear in n, linear beyond the table."""
-        steps = [s * math.exp(g) for s, g in zip(self.step_seconds, self.decode_by_batch)]
+        steps = [s * math.exp(g) for s, g in zip(self.step_seconds, self._batch_corrections())]
         return _interpolate(self.batch, steps, max(n, 1.0)) * self.scale("decode")
+
+    def _batch_corrections(self) -> list[float]:
+        """The per-batch decode corrections, with each batch size above the largest one observed taking
+        that one's: a device seen slowing at batch 8 slows at 16 too (a busy machine slows larger
+        batches more, not less), while smaller batches keep their own measurements."""
+        seen = [i for i, g in enumerate(self.decode_by_batch) if g != 0.0]
+        if not seen:
+            return self.decode_by_batch
+        top = seen[-1]
+        return self.decode_by_batch[:top + 1] + [self.decode_by_batch[top]] * (len(self.decode_by_batch) - top - 1)
 
     def verify_s(self, n_candidates: int) -> float:
         if self.verifier_fixed is None or n_candidates <= 0:

@@ -114,3 +114,21 @@ def test_first_wrong_step_judges_only_finished_steps():
     assert A.first_wrong_step("\n47+30=77, 77+8=86\n") == 11
     assert A.first_wrong_step("\n850*4=3300, 3*4=12") == 1
     assert A.first_wrong_step("\n40*6=240, 7*6=42, 240+42=282\nAnswer: 282") is None
+
+
+def test_worked_length_sees_that_two_digit_products_are_split():
+    # same operators, same digits: 37*48 may be split into 30*48 and 7*48, 37*4 stays one step
+    assert A.worked_length("37*48+15") > 1.1 * A.worked_length("37*4+815")
+    paths = [len(A.solve("37*48+15", random.Random(seed))) for seed in range(8)]
+    assert A.worked_length("37*48+15") == sum(paths) / 8 and len(set(paths)) > 1  # fixed, distinct paths
+    with pytest.raises(ValueError):
+        A.worked_length("9+")
+
+
+def test_embedded_difficulty_reads_the_question_and_falls_back_for_other_text():
+    from edgetts.session import arithmetic_difficulty
+
+    assert arithmetic_difficulty("What is 37*48+15?") == A.worked_length("37*48+15")
+    assert arithmetic_difficulty("What is 9+5?") < arithmetic_difficulty("What is (120-7)*3-45?")
+    assert arithmetic_difficulty("add 9 and 5") == pytest.approx(10.5 * 2 / 4)  # two digits, no operator
+    assert arithmetic_difficulty("What is 9+?") == pytest.approx(10.5 * (1 + 1 / 4))

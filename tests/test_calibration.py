@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import random
@@ -9,7 +10,7 @@ import pytest
 from tts_helpers import SlowEngine, answering_script, one_step_script
 
 from edgetts.calibration import (
-    N_BINS, PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
+    N_BINS, WAVE_BINS, PlanKey, Record, Sample, accept_threshold, auroc, collect, coverage, fit, fit_coverage, load_calibration,
     load_records, pass_at_k, plan_grid, prior, save_records,
 )
 
@@ -95,6 +96,20 @@ def test_easy_problems_settle_the_vote_in_fewer_waves(calibration):
     easy, hard = calibration.waves(key, 8), calibration.waves(key, 30)
     assert easy[0] == hard[0] == 1.0 and sum(easy) < sum(hard) - 0.5
     assert calibration.waves(key) == calibration.stats(key).waves  # no difficulty: over every problem
+
+
+def test_wave_counts_are_read_between_finer_bins(calibration):
+    key = PlanKey("majority", 8, 2)
+    centres, curves = calibration.wave_centres, calibration.stats(key).waves_by_bin
+    assert len(centres) == len(curves) == WAVE_BINS and centres == sorted(centres)
+    mid = (centres[2] + centres[3]) / 2
+    width = max(len(curves[2]), len(curves[3]))
+    padded = [c + [0.0] * (width - len(c)) for c in (curves[2], curves[3])]
+    assert calibration.waves(key, mid) == pytest.approx([(a + b) / 2 for a, b in zip(*padded)], abs=1e-4)
+    assert calibration.waves(key, centres[0] - 5) == curves[0] and calibration.waves(key, 99) == curves[-1]
+    old = copy.deepcopy(calibration)  # a file from before wave bins: one curve per difficulty bin
+    old.wave_centres, old.stats(key).waves_by_bin = [], [[1.0], [1.0, 0.5], [1.0, 0.9]]
+    assert old.waves(key, 29) == [1.0, 0.9]
 
 
 def test_difficulty_bins_separate_easy_from_hard(calibration):

@@ -8,7 +8,7 @@ import pytest
 from tts_helpers import SlowEngine, answering_script
 
 from edgetts.calibration import PlanKey, collect, fit
-from edgetts.controller import GUARD_MARGIN_S, SAFETY, Controller, CostModel, guard_margin
+from edgetts.controller import GUARD_MARGIN_S, Controller, CostModel, guard_margin
 from edgetts.profile import measure_profile
 from edgetts.verifiers import CheckerVerifier
 
@@ -191,7 +191,21 @@ def test_cost_model_charges_a_batch_for_its_longest_sample(controller):
     model: CostModel = c.cost
     step1, step2 = c.profile.step_s(1), c.profile.step_s(2)
     assert model.decode_s([10, 20]) == pytest.approx(10 * step2 + 10 * step1)
-    assert SAFETY > 1
+
+
+def test_a_plan_whose_samples_the_guard_would_cut_expects_less(controller):
+    c = controller()
+    key, single = PlanKey("majority", 2, 2), PlanKey("single", 1, 1)
+    full, one = c.calibration.accuracy(key), c.calibration.accuracy(single)
+    assert c._accuracy_when_cut(key, 1.0, full, 11) == full
+    assert c._accuracy_when_cut(key, 0.0, full, 11) == 0.0  # nothing finishes: no answer
+    assert c._accuracy_when_cut(key, 0.5, full, 11) == pytest.approx(0.25 * full + 0.5 * one)
+    # the share that finishes grows with the room, from none to all; greedy is left to the fit check
+    shares = [c.cost.finish_share(11, PlanKey("majority", 8, 8), room, 24, 11) for room in (0.001, 0.02, 0.05, 10.0)]
+    assert shares[0] == 0.0 and shares == sorted(shares) and shares[-1] == 1.0
+    assert c.cost.finish_share(11, PlanKey("greedy", 1, 1), 0.001, 24, 11) == 1.0
+    tight, roomy = c._evaluate(key, 11, 24, 11, room=0.001), c._evaluate(key, 11, 24, 11, room=10.0)
+    assert tight.expected_accuracy < roomy.expected_accuracy == pytest.approx(full)
 
 
 @pytest.mark.parametrize("text, seconds", [("2s", 2.0), ("2", 2.0), ("1.5s", 1.5), ("500ms", 0.5), (" 250 ms ", 0.25)])

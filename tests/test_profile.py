@@ -127,7 +127,8 @@ def test_decode_corrections_are_kept_per_batch_size(tmp_path):
     for _ in range(20):
         p.observe("decode", p.step_s(4), 2 * 0.02, batch=4)  # batches of 4 became twice as slow
     assert p.step_s(4) == pytest.approx(0.04, rel=0.05)
-    assert p.step_s(1) == pytest.approx(0.01) and p.step_s(8) == pytest.approx(0.04)
+    assert p.step_s(1) == pytest.approx(0.01)  # smaller batches keep their own measurement
+    assert p.step_s(8) == pytest.approx(2 * 0.04, rel=0.05)  # larger ones, never seen, slow alike
     assert 0.012 < p.step_s(3) < 0.03 * 1.05
     again = load_profile(save_profile(p, tmp_path / "p.toml"))
     assert again.step_s(4) == pytest.approx(p.step_s(4), rel=1e-4)
