@@ -71,6 +71,12 @@ def prompt(expression: str) -> str:
     return f"What is {expression}?"
 
 
+def expression_of(text: str) -> str | None:
+    """The expression of a prompt in the task's format (`What is <expression>?`), else None."""
+    question = re.fullmatch(r"\s*What is (.+)\?\s*", text)
+    return question.group(1) if question else None
+
+
 # --- expressions: parse into sums of signed terms and products of factors -----------------------
 
 @dataclass

@@ -140,12 +140,17 @@ class CostModel:
         quantiles = self.calibration.order(16, difficulty)
         return sum(min(q * mean, max_tokens) <= steps for q in quantiles) / len(quantiles)
 
+    def worst_s(self, prompt_tokens: int, key: PlanKey, max_tokens: int, draft: bool = False,
+                difficulty: float | None = None) -> float:
+        """Seconds with every wave drawn."""
+        return self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty) * key.waves_max
+
     def predict(self, prompt_tokens: int, key: PlanKey, waves: list[float], max_tokens: int,
                 draft: bool = False, difficulty: float | None = None) -> tuple[float, float]:
         """(expected seconds, worst-case seconds with every wave drawn); the guard's
         margin is not in either: it is time kept free, not spent."""
         one = self.wave_s(prompt_tokens, key, max_tokens, draft, difficulty)
-        return one * sum(waves[:key.waves_max]), one * key.waves_max
+        return one * sum(waves[:key.waves_max]), self.worst_s(prompt_tokens, key, max_tokens, draft, difficulty)
 
 
 def guard_margin(budget: float) -> float:
@@ -196,7 +201,7 @@ class Controller:
         for key in self._keys:
             # the worst case (every wave drawn) first: most plans do not fit small budgets, and
             # building one costs more than this check
-            if self.cost.wave_s(prompt_tokens, key, cap, self._drafts(key), difficulty) * key.waves_max > room:
+            if self.cost.worst_s(prompt_tokens, key, cap, self._drafts(key), difficulty) > room:
                 continue
             plan = self._evaluate(key, prompt_tokens, cap, difficulty, room)
             if best is None or _better(plan, best):
@@ -220,7 +225,8 @@ class Controller:
         if room is not None:
             share = self.cost.finish_share(prompt_tokens, key, room, cap, difficulty)
             accuracy = self._accuracy_when_cut(key, share, accuracy, difficulty)
-        return Plan(key, cap, sampling.temperature, sampling.min_p, draft, accuracy, expected, worst, repair=self.repair is not None and key.strategy != "greedy" and not draft)
+        return Plan(key, cap, sampling.temperature, sampling.min_p, draft, accuracy, expected, worst,
+                    repair=self.repair is not None and key.strategy != "greedy" and not draft)
 
     def _accuracy_when_cut(self, key: PlanKey, share: float, full: float, difficulty: float) -> float:
         """Expected accuracy when each sample of the first wave finishes with probability `share`: the

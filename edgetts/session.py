@@ -91,10 +91,10 @@ def arithmetic_difficulty(prompt: str) -> float:
     two's median ratio on the dev split (10.5)."""
     from edgetts import arithmetic
 
-    question = re.fullmatch(r"\s*What is (.+)\?\s*", prompt)
-    if question:
+    expression = arithmetic.expression_of(prompt)
+    if expression:
         try:
-            return arithmetic.worked_length(question.group(1))
+            return arithmetic.worked_length(expression)
         except ValueError:
             pass
     operations = len(re.findall(r"[-+*]", prompt))
