@@ -6,6 +6,11 @@ samples with step repair, majority@N+repair (the same vote over repaired samples
 then answers every problem at budgets from greedy's median latency up to ~30x it. The result
 names, per budget, the best fixed strategy whose p95 latency fits, and checks the controller
 against it.
+
+Both sides draw from common random numbers: problem i's majority@N draws with seed
+`problem_seed(i) + N`, and the controller's request for it is seeded with `problem_seed(i)`, so a
+first wave of N samples is the very sample set the fixed majority@N voted on. A difference between
+them is then the plan's, not sampling luck (one seed's luck moves a 200-problem score by 1-2 points).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from edgetts.types import SamplingParams
 
 MULTIPLES = (1, 2, 4, 8, 16, 30)
 FIXED_N = (2, 4, 8, 16)
+
+
+def problem_seed(i: int, seed: int = 0) -> int:
+    """The base seed of problem i's draws (the fixed strategies add N; the controller, its wave size)."""
+    return seed * 7919 + i * 131
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -57,7 +67,7 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         record("greedy", aggregate("single", greedy, extract=controller.extract).answer, time.perf_counter() - start)
         controller.observe_wave(len(ids), greedy, time.perf_counter() - start)  # serving keeps the profile fresh
         for n in ns:
-            params = cal.sampling(seed=seed * 7919 + i * 131 + n)
+            params = cal.sampling(seed=problem_seed(i, seed) + n)
             for repair in (None, controller.repair) if controller.repair else (None,):
                 start = time.perf_counter()
                 ids = prompt_tokens(engine.tokenizer, prompt)
@@ -79,10 +89,10 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
 
 
 def run_controller(controller: Controller, problems: Sequence[tuple[str, str]], budget: float,
-                   is_correct: Callable, progress=None) -> dict:
+                   is_correct: Callable, progress=None, seed: int = 0) -> dict:
     correct, latencies, errors, decisions, plans = [], [], [], [], {}
     for i, (prompt, truth) in enumerate(problems):
-        answer = controller.solve(prompt, budget, truth=truth)
+        answer = controller.solve(prompt, budget, truth=truth, seed=problem_seed(i, seed))
         correct.append(is_correct(answer.answer, truth))
         latencies.append(answer.latency_s)
         errors.append(abs(answer.predicted_latency_s - answer.latency_s) / answer.latency_s)

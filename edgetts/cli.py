@@ -127,7 +127,8 @@ def run(
         from edgetts.session import solve_cli
         from edgetts.ui import print_answer
 
-        print_answer(solve_cli(prompt, parse_budget(budget), model, runtime, n, draft, max_tokens), as_json)
+        print_answer(solve_cli(prompt, parse_budget(budget), model, runtime, n, draft, max_tokens, seed),
+                     as_json)
         return
 
     params = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)

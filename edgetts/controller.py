@@ -30,6 +30,7 @@ GUARD_MARGIN_S = 0.010  # kept for aggregation, and for a step that the OS preem
 GUARD_SHARE = 0.05  # ... but no more than this share of the budget: 10 ms is a fifth of a 45 ms budget
 DEFAULT_MAX_TOKENS = 256
 DECISION_ALPHA = 0.25  # moving-average weight of the newest decision time
+WAVE_SEED_STRIDE = 100_003  # a seeded request's later waves draw apart from its first
 
 
 @dataclass(frozen=True)
@@ -265,8 +266,12 @@ class Controller:
                 f"{plan.predicted_s:.2f}s (worst {plan.worst_s:.2f}s) of the {budget:.2f}s budget{stop}")
 
     # running ----------------------------------------------------------------------------
-    def solve(self, prompt: str, budget: float, max_tokens: int | None = None, truth: str | None = None) -> Answer:
-        """Plan, run within `budget` seconds from now, log the decision, return the answer."""
+    def solve(self, prompt: str, budget: float, max_tokens: int | None = None, truth: str | None = None,
+              seed: int | None = None) -> Answer:
+        """Plan, run within `budget` seconds from now, log the decision, return the answer.
+
+        `seed` makes the request's draws reproducible: its k-th wave of n samples draws with seed
+        `seed + n + WAVE_SEED_STRIDE * k` (default: the controller's own random stream)."""
         from edgetts.generate import prompt_tokens
 
         start = time.monotonic()
@@ -278,7 +283,7 @@ class Controller:
         decided = time.monotonic()
         self._decision_s += DECISION_ALPHA * ((decided - start) - self._decision_s)
         run = _Execution(self, plan, prompt, ids, deadline=start + budget, difficulty=difficulty,
-                         margin=guard_margin(budget))
+                         margin=guard_margin(budget), seed=seed)
         run.go()
         answer = run.answer(budget, start, (decided - start) * 1e3)
         self._log(answer, budget, len(ids), difficulty, truth)
@@ -316,9 +321,9 @@ class _Execution:
     """One plan running against a deadline: waves, stopping rules, verifier, guard."""
 
     def __init__(self, controller: Controller, plan: Plan, prompt: str, ids: list[int], deadline: float,
-                 difficulty: float | None = None, margin: float = GUARD_MARGIN_S):
+                 difficulty: float | None = None, margin: float = GUARD_MARGIN_S, seed: int | None = None):
         self.c, self.plan, self.prompt, self.ids, self.deadline = controller, plan, prompt, ids, deadline
-        self.margin = margin
+        self.margin, self.seed = margin, seed
         self.difficulty = difficulty
         self.completions: list[Completion] = []
         self.scores: list[float] = []
@@ -350,7 +355,7 @@ class _Execution:
     def _draw(self, size: int) -> None:
         from edgetts.generate import sample_n
 
-        seed = self.c.rng.randrange(2**31)
+        seed = self.c.rng.randrange(2**31) if self.seed is None else self.seed + size + WAVE_SEED_STRIDE * self.waves
         params = SamplingParams(temperature=self.plan.temperature, min_p=self.plan.min_p, seed=seed)
         began = time.monotonic()
         # stop decoding one (predicted) step early: sample_n checks the deadline before each step

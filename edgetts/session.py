@@ -22,11 +22,13 @@ from edgetts.profile import DeviceProfile, load_profile, measure_profile, profil
 from edgetts.verifiers import CheckerVerifier, GenerativeVerifier, ProductVerifier
 
 N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
-# The embedded models are small (5 M parameters: a decode step is about a millisecond), so a
-# second thread mostly adds synchronisation, and on a busy machine llama.cpp's spinning thread pool
-# stalls (measured on the 2-core build VM at load 6 with the earlier 0.8 M generator: greedy 0.06 s
-# with 1 thread, 0.3-31 s with 2).
-EMBEDDED_THREADS = 1
+# Engine threads for the embedded models. llama.cpp runs batched decodes (N samples, prefill) on the
+# cores other processes leave free (edgetts.runtimes.cores): with one core taken, 2 threads stalled a
+# batch-16 step to 126 ms at p99 against 3.8 ms with 1, while on the quiet 2-core VM 2 threads are
+# 1.7x faster at batch 8-16. One-token steps stay on one thread: a 0.2 ms step is mostly the pool's
+# synchronisation, and when the VM's host was busy 2 threads made greedy slower (11.6 vs 10.2 ms).
+# ONNX Runtime's pool has no such watch, so it keeps one thread.
+EMBEDDED_THREADS = {"gguf": {"single_token_threads": 1}, "onnx": {"n_threads": 1}}
 EMBEDDED = "embedded"
 SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the dev split
 
@@ -72,7 +74,7 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
     fmt = "onnx" if runtime == "onnxruntime" else "gguf"
     start = time.perf_counter()
     engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max,
-                  n_threads=EMBEDDED_THREADS)
+                  **EMBEDDED_THREADS[fmt])
     load_seconds = time.perf_counter() - start
     verifiers = {"steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps")}
     judge = _optional_builtin("verifier", fmt, runtime, n_seq_max)
@@ -115,7 +117,7 @@ def _optional_builtin(name: str, fmt: str, runtime: str | None, n_seq_max: int):
     from edgetts.runtimes import load
 
     try:
-        return load(embedded.artifact(name, fmt), runtime=runtime, n_seq_max=n_seq_max, n_threads=EMBEDDED_THREADS)
+        return load(embedded.artifact(name, fmt), runtime=runtime, n_seq_max=n_seq_max, **EMBEDDED_THREADS[fmt])
     except ModelNotFoundError:
         return None
 
@@ -207,15 +209,16 @@ def _cached_controller(model: str | None, runtime: str | None) -> Controller:
 
 
 def solve(prompt: str, budget: float = 2.0, model: str | Path | None = None, max_tokens: int | None = None,
-          runtime: str | None = None) -> dict:
+          runtime: str | None = None, seed: int | None = None) -> dict:
     """Answer `prompt` as accurately as possible within `budget` seconds.
 
     With no `model`, the embedded arithmetic family is used (profiled on first use, with a progress
     bar). Returns a dict with `answer`, `text`, `plan`, `explanation`, `predicted_latency_s` and
     `latency_s`. The loaded engines stay cached in the process, so later calls pay no load time.
+    `seed` makes the samples reproducible (the plan itself follows the measured latency).
     """
     controller = _cached_controller(str(model) if model is not None else None, runtime)
-    return controller.solve(prompt, budget, max_tokens=max_tokens).to_dict()
+    return controller.solve(prompt, budget, max_tokens=max_tokens, seed=seed).to_dict()
 
 
 # --- calibrate ------------------------------------------------------------------------------------
@@ -306,12 +309,12 @@ def _collect(family: Family, problems, n, temperature, min_p, max_tokens, progre
 # --- edgetts run --budget -----------------------------------------------------------------------------
 
 def solve_cli(prompt: str, budget: float, model: str | None, runtime: str | None, n: int, draft: str | None,
-              max_tokens: int | None) -> dict:
+              max_tokens: int | None, seed: int | None = None) -> dict:
     """`edgetts run --budget`: the controller decides N, verifier and drafter, so --n/--draft conflict."""
     from edgetts.errors import ConfigError
 
     if n != 1 or draft:
         raise ConfigError("--budget plans the number of samples and the drafter itself; drop --n/--draft, "
                           "or drop --budget to choose them by hand")
-    return solve(prompt, budget, model, max_tokens=max_tokens, runtime=runtime)
+    return solve(prompt, budget, model, max_tokens=max_tokens, runtime=runtime, seed=seed)
 

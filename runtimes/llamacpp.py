@@ -5,6 +5,11 @@ One llama_context holds every sequence in a single unified KV cache: `fork` is
 `llama_memory_seq_rm`, and `eval_batch` puts every sequence's new tokens into one `llama_batch`
 so N samples decode in one `llama_decode` per step. The file is checked in Python before
 llama.cpp opens it, and llama.cpp's own log is silenced.
+
+Threads: `n_threads` fixes them; without it the engine uses every core other processes leave free,
+re-judged as it runs (`edgetts.runtimes.cores`). `single_token_threads` sets apart the threads of
+one-token decodes (a greedy or speculative step), where a tiny model's step is mostly the pool's
+synchronisation.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 
 from edgetts.engine import BaseEngine
 from edgetts.errors import ConfigError, ContextOverflowError, InvalidArtifactError, UnsupportedModelError
+from edgetts.runtimes.cores import FreeCores
 from edgetts.runtimes.gguf_file import read_header
 from edgetts.runtimes.llamacpp_lib import default_threads, llama_cpp
 from edgetts.tokenizer import Tokenizer
@@ -31,7 +37,7 @@ GPU_DEVICES = ("gpu", "cuda", "metal", "vulkan")
 class LlamaCppEngine(BaseEngine):
     def __init__(self, path: Path, device: str | None = None, n_ctx: int = 2048, n_seq_max: int = 8,
                  n_threads: int | None = None, n_batch: int = 512, n_gpu_layers: int | None = None,
-                 kv_cells: int | None = None, extra_buffers: bool = False):
+                 kv_cells: int | None = None, extra_buffers: bool = False, single_token_threads: int | None = None):
         super().__init__()
         header = read_header(path)  # before llama.cpp sees the file
         self._lib = lib = llama_cpp()
@@ -40,8 +46,13 @@ class LlamaCppEngine(BaseEngine):
         self._vocab = lib.llama_model_get_vocab(self._model)
         n_ctx = min(n_ctx, lib.llama_model_n_ctx_train(self._model) or n_ctx)
         self.n_batch = n_batch
-        threads = n_threads or default_threads()
-        self._ctx = _new_context(lib, self._model, kv_cells or n_ctx * n_seq_max, n_batch, n_seq_max, threads)
+        # no n_threads: every core while other processes leave them free, fewer while they do not
+        self._cores = None if n_threads else FreeCores(default_threads())
+        self._single = single_token_threads
+        threads = n_threads or self._cores.threads
+        self._ctx = _new_context(lib, self._model, kv_cells or n_ctx * n_seq_max, n_batch, n_seq_max, threads,
+                                 single_token_threads or threads)
+        self._threads = threads
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(n_batch, 0, 1)
         self.tokenizer = LlamaVocabTokenizer(lib, self._model, self._vocab)
@@ -52,7 +63,8 @@ class LlamaCppEngine(BaseEngine):
             quant=FILE_TYPES.get(header.metadata.get("general.file_type"), "?"),
             early_exit_layers=header.metadata.get("edgetts.early_exit_layers"),
             gpu_offload=bool(lib.llama_supports_gpu_offload()),
-            extra=dict(n_threads=threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers,
+            extra=dict(n_threads=n_threads or "auto", single_token_threads=single_token_threads or n_threads or "auto",
+                       n_batch=n_batch, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers,
                        bits_per_weight=round(header.bits_per_weight, 3), tensor_bytes=header.tensor_bytes,
                        source_layers=header.metadata.get("edgetts.source_layers")),
         )
@@ -101,6 +113,7 @@ class LlamaCppEngine(BaseEngine):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, pos, 1
             batch.seq_id[i][0] = seq
             batch.logits[i] = i in wanted
+        self._adapt_threads()
         code = lib.llama_decode(self._ctx, batch)
         if code == 1:
             raise ContextOverflowError("the llama.cpp KV cache is full (all sequences together); release "
@@ -111,6 +124,16 @@ class LlamaCppEngine(BaseEngine):
             return np.empty((0, self.info.n_vocab), dtype=np.float32)
         logits = lib.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(logits, shape=(len(wanted), self.info.n_vocab)).copy()
+
+    def _adapt_threads(self) -> None:
+        if self._cores is not None and self._cores.update() != self._threads:
+            self._threads = self._cores.threads
+            self._lib.llama_set_n_threads(self._ctx, self._single or self._threads, self._threads)
+
+    @property
+    def threads(self) -> tuple[int, int]:
+        """CPU threads llama.cpp runs (one-token decodes, decodes of several tokens) with now."""
+        return self._lib.llama_n_threads(self._ctx), self._lib.llama_n_threads_batch(self._ctx)
 
     def _fork(self, src: int, dst: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
@@ -160,7 +183,7 @@ def _load_model(lib, path: Path, n_gpu_layers: int, extra_buffers: bool):
     return model
 
 
-def _new_context(lib, model, kv_cells: int, n_batch: int, n_seq_max: int, threads: int):
+def _new_context(lib, model, kv_cells: int, n_batch: int, n_seq_max: int, threads: int, single_token_threads: int):
     params = lib.llama_context_default_params()
     params.n_ctx = kv_cells
     params.n_batch = params.n_ubatch = n_batch
@@ -168,7 +191,7 @@ def _new_context(lib, model, kv_cells: int, n_batch: int, n_seq_max: int, thread
     params.n_outputs_max = n_batch  # the contract returns logits for every position
     params.n_outputs_max_per_seq = 0  # 0 = n_outputs_max (the default, 1, overflows on a prompt)
     params.kv_unified = True  # one cache for all sequences: fork shares the prompt's cells
-    params.n_threads = params.n_threads_batch = threads
+    params.n_threads, params.n_threads_batch = single_token_threads, threads  # llama.cpp: 1 token, more
     params.no_perf = True
     ctx = lib.llama_init_from_model(model, params)
     if not ctx:

@@ -144,6 +144,33 @@ def test_plans_sample_the_way_the_calibration_was_drawn(calibration, tmp_path, m
         assert drawn[-1][1] is None  # greedy is never repaired
 
 
+def test_a_seeded_request_draws_the_samples_a_fixed_vote_of_that_seed_draws(controller, calibration):
+    from edgetts.controller import WAVE_SEED_STRIDE, _Execution
+    from edgetts.generate import sample_n
+    from edgetts.types import SamplingParams
+
+    c = controller(e=engine(0.0))
+    prompt = "What is 2?"
+    ids = c.engine.tokenizer.encode(prompt)
+    plan = c._evaluate(PlanKey("majority", 8, 4), len(ids), 24, len(ids))
+
+    def texts(seed):
+        run = _Execution(c, plan, prompt, ids, deadline=time.monotonic() + 5, seed=seed)
+        run.go()
+        return [x.text for x in run.completions]
+
+    first = texts(seed=40)
+    assert texts(seed=40) == first and texts(seed=41) != first  # reproducible, and the seed matters
+    run = _Execution(c, plan, prompt, ids, deadline=time.monotonic() + 5, seed=40)
+    run._draw(4)
+    run._draw(4)
+    params = lambda seed: SamplingParams(temperature=plan.temperature, min_p=plan.min_p, seed=seed)  # noqa: E731
+    fixed = sample_n(c.engine, ids, 4, params(40 + 4), plan.max_tokens)  # what bench's majority@4 draws
+    later = sample_n(c.engine, ids, 4, params(40 + 4 + WAVE_SEED_STRIDE), plan.max_tokens)
+    assert [x.text for x in run.completions] == [x.text for x in fixed + later]
+    assert first == [x.text for x in run.completions][:len(first)]
+
+
 def test_an_answer_comes_back_even_when_the_budget_is_tiny(controller):
     c = controller(e=engine(delay=0.01))
     answer = c.solve("What is 3?", budget=0.03)
@@ -223,6 +250,22 @@ def test_bad_budgets_say_how_to_write_one(text):
 
     with pytest.raises(typer.BadParameter, match="500ms"):
         parse_budget(text)
+
+
+def test_bench_seeds_each_request_like_the_fixed_votes_of_its_problem(controller, monkeypatch):
+    import edgetts.generate
+    from edgetts.bench import problem_seed, run_controller, run_fixed
+
+    c = controller(e=engine(0.0))
+    problems = [("What is 2?", "4"), ("What is 3?", "4")]
+    seeds, drawn = [], []
+    real_solve, real_sample = c.solve, edgetts.generate.sample_n
+    monkeypatch.setattr(c, "solve", lambda *a, seed=None, **k: seeds.append(seed) or real_solve(*a, seed=seed, **k))
+    run_controller(c, problems, 0.5, lambda a, t: a == t)
+    monkeypatch.setattr(edgetts.generate, "sample_n", lambda *a, **k: drawn.append((a[2], a[3].seed)) or real_sample(*a, **k))
+    run_fixed(c, problems, lambda a, t: a == t, ns=(4,))
+    assert seeds == [problem_seed(0), problem_seed(1)] != [0, 0]
+    assert (4, problem_seed(1) + 4) in drawn  # majority@4 of problem 1 draws from its request's seed + 4
 
 
 def test_pareto_frontier_keeps_only_unbeaten_points():

@@ -134,3 +134,33 @@ def test_llama_cpp_prints_nothing(gguf_path, capfd):
         engine.eval(0, [1, 2, 3])
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_threads_follow_the_free_cores_unless_fixed(gguf_path, monkeypatch):
+    from edgetts.runtimes import llamacpp
+
+    class TwoThenOne:  # a machine whose second core another process takes after the first decode
+        def __init__(self, most):
+            self.threads, self.calls = 2, 0
+
+        def update(self):
+            self.calls += 1
+            self.threads = 2 if self.calls == 1 else 1
+            return self.threads
+
+    monkeypatch.setattr(llamacpp, "FreeCores", TwoThenOne)
+    with _engine(gguf_path) as engine:
+        assert engine.info.extra["n_threads"] == "auto" and engine.threads == (2, 2)
+        first = engine.eval(0, [1, 2, 3])
+        assert engine.threads == (2, 2)
+        engine.release(0)
+        second = engine.eval(0, [1, 2, 3])
+        assert engine.threads == (1, 1)
+        np.testing.assert_allclose(second, first, rtol=1e-5, atol=1e-5)  # fewer threads, same logits
+    with _engine(gguf_path, single_token_threads=1) as engine:  # one-token steps keep their own count
+        engine.eval(0, [1, 2, 3])
+        assert engine.threads == (1, 2)
+    with _engine(gguf_path, n_threads=2) as engine:
+        engine.eval(0, [1, 2, 3])
+        engine.eval(0, [4])
+        assert engine.threads == (2, 2) and engine.info.extra["n_threads"] == 2
