@@ -30,6 +30,7 @@ GUARD_MARGIN_S = 0.010  # kept for aggregation, and for a step that the OS preem
 GUARD_SHARE = 0.05  # ... but no more than this share of the budget: 10 ms is a fifth of a 45 ms budget
 DEFAULT_MAX_TOKENS = 256
 DECISION_ALPHA = 0.25  # moving-average weight of the newest decision time
+TIE_BAND = 0.005  # plans within half a point of accuracy are ranked by their worst case
 WAVE_SEED_STRIDE = 100_003  # a seeded request's later waves draw apart from its first
 
 
@@ -199,8 +200,13 @@ class Controller:
         difficulty = prompt_tokens if difficulty is None else difficulty
         room = budget - guard_margin(budget)
         best = None
-        for key in self._keys:
-            # the worst case (every wave drawn) first: most plans do not fit small budgets, and
+        # most accurate first: a plan's calibrated accuracy bounds what it can expect here (the guard's
+        # cuts only lower it), so once the bound falls below the best plan's tie band, none can win
+        for bound, key in sorted(((self.calibration.accuracy(k, difficulty), k) for k in self._keys),
+                                 key=lambda entry: -entry[0]):
+            if best is not None and bound < best.expected_accuracy - TIE_BAND:
+                break
+            # the worst case (every wave drawn) next: most plans do not fit small budgets, and
             # building one costs more than this check
             if self.cost.worst_s(prompt_tokens, key, cap, self._drafts(key), difficulty) > room:
                 continue
@@ -312,7 +318,7 @@ class Controller:
 def _better(a: Plan, b: Plan) -> bool:
     """Higher expected accuracy wins; within half a point, the plan with the lower worst case does
     (a request is bounded by its worst case, and a one-shot plan is also the more predictable)."""
-    if abs(a.expected_accuracy - b.expected_accuracy) > 0.005:
+    if abs(a.expected_accuracy - b.expected_accuracy) > TIE_BAND:
         return a.expected_accuracy > b.expected_accuracy
     return (a.worst_s, a.predicted_s) < (b.worst_s, b.predicted_s)
 

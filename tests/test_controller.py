@@ -72,6 +72,25 @@ def test_a_budget_below_greedy_cuts_max_tokens(controller):
     assert tight.key.strategy == "greedy" and tight.max_tokens < full.max_tokens
 
 
+def test_planning_stops_at_plans_that_cannot_win_and_still_finds_the_best(controller, monkeypatch):
+    from edgetts.controller import TIE_BAND
+
+    c = controller()
+    evaluated = []
+    real = c._evaluate
+    monkeypatch.setattr(c, "_evaluate", lambda key, *a, **k: evaluated.append(key) or real(key, *a, **k))
+    for budget in (0.02, 0.05, 0.1, 0.3, 2.0):
+        evaluated.clear()
+        plan = c.plan(11, budget)
+        room = budget - guard_margin(budget)
+        cap = c._max_tokens(None)
+        fitting = [real(k, 11, cap, 11, room) for k in c._keys if c.cost.worst_s(11, k, cap, difficulty=11) <= room]
+        if fitting:
+            assert plan.expected_accuracy >= max(p.expected_accuracy for p in fitting) - TIE_BAND
+            assert len(evaluated) <= len(fitting)
+    assert len(evaluated) < len(fitting)  # at a roomy budget most plans are never built
+
+
 def test_the_explanation_is_one_line_with_the_numbers(controller):
     c = controller()
     plan = c.plan(8, 0.5)
