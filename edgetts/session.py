@@ -205,7 +205,9 @@ def controller_for(family: Family, progress: bool = False, **options) -> Control
 
 @lru_cache(maxsize=4)
 def _cached_controller(model: str | None, runtime: str | None) -> Controller:
-    return controller_for(open_family(model, runtime), progress=True)
+    controller = controller_for(open_family(model, runtime), progress=True)
+    controller.warm_up()  # before the first request's clock starts
+    return controller
 
 
 def solve(prompt: str, budget: float = 2.0, model: str | Path | None = None, max_tokens: int | None = None,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 PROC_STAT = Path("/proc/stat")
+LOADAVG = Path("/proc/loadavg")
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (steal: a VM host took the core)
 SPARE = 0.25  # cores of others' work tolerated before a thread steps down (ticks are 10 ms: noise)
 
@@ -40,7 +41,7 @@ class FreeCores:
         self.most, self.every_s = most, every_s
         self._busy, self._own, self._clock = busy, own, clock
         self._last = (clock(), busy(), own())
-        self.threads = most if self._last[1] is None else self._from_load_average()
+        self.threads = most if self._last[1] is None else self._from_run_queue()
 
     def update(self) -> int:
         """The thread count for the next decode (cheap: re-measures at most every `every_s`)."""
@@ -57,10 +58,11 @@ class FreeCores:
     def _allowed(self, others: float) -> int:
         return max(1, min(self.most, self.most - math.ceil(others - SPARE)))
 
-    def _from_load_average(self) -> int:
-        """A first guess before a window has passed: the 1-minute load, of which this process is one."""
+    def _from_run_queue(self) -> int:
+        """A first guess before a window has passed: the threads runnable on the machine right now, of
+        which this one is one (the load average would still count work that ended a minute ago)."""
         try:
-            load = os.getloadavg()[0]
-        except OSError:
+            runnable = int(LOADAVG.read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
             return self.most
-        return self._allowed(max(load - 1.0, 0.0))
+        return self._allowed(max(runnable - 1, 0))

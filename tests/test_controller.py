@@ -190,6 +190,18 @@ def test_a_seeded_request_draws_the_samples_a_fixed_vote_of_that_seed_draws(cont
     assert first == [x.text for x in run.completions][:len(first)]
 
 
+def test_warm_up_runs_a_tiny_request_and_leaves_the_engine_empty(controller, monkeypatch):
+    import edgetts.generate
+
+    c = controller(e=engine(0.0))
+    drawn = []
+    real = edgetts.generate.sample_n
+    monkeypatch.setattr(edgetts.generate, "sample_n", lambda *a, **k: drawn.append((a[2], a[4])) or real(*a, **k))
+    c.warm_up()
+    assert drawn == [(2, 2)]  # two samples of two tokens: the batched path, not a real answer
+    assert all(c.engine.n_tokens(s) == 0 for s in range(c.engine.info.n_seq_max))
+
+
 def test_an_answer_comes_back_even_when_the_budget_is_tiny(controller):
     c = controller(e=engine(delay=0.01))
     answer = c.solve("What is 3?", budget=0.03)

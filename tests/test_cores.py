@@ -58,3 +58,14 @@ def test_this_machine_reports_busy_seconds_that_grow():
         return  # no /proc/stat (macOS, Windows): FreeCores keeps the most
     sum(i * i for i in range(200_000))
     assert busy_seconds() >= first > 0
+
+
+def test_the_first_guess_reads_the_run_queue_not_the_minute_old_load(tmp_path, monkeypatch):
+    from edgetts.runtimes import cores
+
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(cores, "LOADAVG", loadavg)
+    loadavg.write_text("3.90 3.10 2.00 1/120 4242\n")  # a busy minute that has ended: only we run now
+    assert FreeCores(4).threads == 4
+    loadavg.write_text("0.10 0.10 0.10 3/120 4242\n")  # two others runnable right now
+    assert FreeCores(4).threads == 2
