@@ -43,7 +43,13 @@ def percentile(values: Sequence[float], q: float) -> float:
 def _summary(name: str, correct: list[bool], latencies: list[float], **extra) -> dict:
     return {"name": name, "accuracy": round(100 * sum(correct) / len(correct), 2),
             "p50_s": round(percentile(latencies, 0.5), 4), "p95_s": round(percentile(latencies, 0.95), 4),
-            "n": len(correct), **extra}
+            "n": len(correct), **extra, "latencies_s": [round(x, 4) for x in latencies]}
+
+
+def _over(summary: dict | None, budget: float) -> float | None:
+    """Share of a run's requests that took longer than `budget` (p95 alone hides how far the tail runs)."""
+    times = (summary or {}).get("latencies_s")
+    return round(sum(t > budget for t in times) / len(times), 3) if times else None
 
 
 def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_correct: Callable,
@@ -123,6 +129,7 @@ def compare(fixed: list[dict], controller: list[dict]) -> dict:
             "vs_greedy": round(c["accuracy"] - greedy["accuracy"], 2),
             "meets_greedy_plus_10": multiple < 8 or c["accuracy"] >= greedy["accuracy"] + 10,
             "p95_over_budget": round(c["p95_s"] / c["budget_s"], 3),
+            "controller_over_budget": _over(c, c["budget_s"]), "best_fixed_over_budget": _over(best, c["budget_s"]),
             "meets_p95": c["p95_s"] <= 1.1 * c["budget_s"],
             "median_abs_pred_error": c["median_abs_pred_error"],
         })

@@ -311,7 +311,8 @@ def test_bench_compare_checks_every_goal():
 
     fixed = [{"name": "greedy", "accuracy": 50.0, "p50_s": 0.1, "p95_s": 0.12},
              {"name": "majority@8", "accuracy": 58.0, "p50_s": 0.5, "p95_s": 0.6},
-             {"name": "best_of_n@16+steps", "accuracy": 70.0, "p50_s": 0.9, "p95_s": 1.0}]
+             {"name": "best_of_n@16+steps", "accuracy": 70.0, "p50_s": 0.9, "p95_s": 1.0,
+              "latencies_s": [0.8, 0.9, 0.9, 1.0, 1.3]}]
     controller = [{"budget_s": 0.2, "accuracy": 55.0, "p95_s": 0.19, "median_abs_pred_error": 0.1},
                   {"budget_s": 0.8, "accuracy": 61.0, "p95_s": 0.85, "median_abs_pred_error": 0.1},
                   {"budget_s": 1.2, "accuracy": 68.0, "p95_s": 1.5, "median_abs_pred_error": 0.2}]
@@ -322,6 +323,8 @@ def test_bench_compare_checks_every_goal():
     assert [r["meets_greedy_plus_10"] for r in rows] == [True, True, True]  # from 8x greedy (0.8 s): 61, 68 >= 60
     assert [r["meets_p95"] for r in rows] == [True, True, False]
     assert not goals["all_meet_p95"] and goals["median_abs_pred_error_overall"] == 0.1
+    # how many of the best fixed strategy's requests ran past the budget (where latencies were kept)
+    assert [r["best_fixed_over_budget"] for r in rows] == [None, None, 0.2]
 
 
 @pytest.mark.slow
