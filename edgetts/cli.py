@@ -220,7 +220,8 @@ def bench(
         typer.echo(f"budget {row['budget_s']:.3f}s ({row['budget_x_greedy']}x greedy): controller "
                    f"{row['controller_accuracy']:.1f}% vs best fixed {row['best_fixed']} {row['best_fixed_accuracy']}%, "
                    f"p95/budget {row['p95_over_budget']:.2f}, |pred err| {row['median_abs_pred_error']:.1%}, over budget: "
-                   f"controller {row['controller_over_budget']:.0%}, best fixed {row['best_fixed_over_budget'] or 0:.0%}")
+                   f"controller {row['controller_over_budget']:.0%}, best fixed "
+                   f"{'-' if row['best_fixed_over_budget'] is None else format(row['best_fixed_over_budget'], '.0%')}")
     typer.echo(f"wrote {path} and {path.with_suffix('.png')}")
 
 
