@@ -209,20 +209,23 @@ class Controller:
         cap = self._max_tokens(max_tokens)
         difficulty = prompt_tokens if difficulty is None else difficulty
         room = budget - guard_margin(budget)
-        best = None
+        fitting, top = [], -1.0
         # most accurate first: a plan's calibrated accuracy bounds what it can expect here (the guard's
-        # cuts only lower it), so once the bound falls below the best plan's tie band, none can win
+        # cuts only lower it), so once the bound falls below the tie band of the best found, none can win
         for bound, key in sorted(((self.calibration.accuracy(k, difficulty), k) for k in self._keys),
                                  key=lambda entry: -entry[0]):
-            if best is not None and bound < best.expected_accuracy - TIE_BAND:
+            if bound < top - TIE_BAND:
                 break
             # the worst case (every wave drawn) next: most plans do not fit small budgets, and
             # building one costs more than this check
             if self.cost.worst_s(prompt_tokens, key, cap, self._drafts(key), difficulty) > room:
                 continue
-            plan = self._evaluate(key, prompt_tokens, cap, difficulty, room)
-            if best is None or _better(plan, best):
-                best = plan
+            fitting.append(self._evaluate(key, prompt_tokens, cap, difficulty, room))
+            top = max(top, fitting[-1].expected_accuracy)
+        # within half a point of the most accurate, the lowest worst case: a request is bounded by its
+        # worst case, and a one-shot plan is also the more predictable
+        best = min((p for p in fitting if p.expected_accuracy >= top - TIE_BAND),
+                   key=lambda p: (p.worst_s, p.predicted_s), default=None)
         best = best or self._fallback(prompt_tokens, room, cap, difficulty)
         # the deadline guard ends the request by budget - margin whatever the plan would have taken
         return replace(best, predicted_s=min(best.predicted_s, room))
@@ -323,14 +326,6 @@ class Controller:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
-
-
-def _better(a: Plan, b: Plan) -> bool:
-    """Higher expected accuracy wins; within half a point, the plan with the lower worst case does
-    (a request is bounded by its worst case, and a one-shot plan is also the more predictable)."""
-    if abs(a.expected_accuracy - b.expected_accuracy) > TIE_BAND:
-        return a.expected_accuracy > b.expected_accuracy
-    return (a.worst_s, a.predicted_s) < (b.worst_s, b.predicted_s)
 
 
 class _Execution:
