@@ -20,7 +20,7 @@ DraftThreadsOpt = typer.Option(1, "--draft-threads", help="CPU threads for the d
 TemperatureOpt = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax).")
 TopPOpt = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the most likely tokens up to this mass.")
 MaxTokensOpt = typer.Option(256, "--max-tokens", help="Stop after this many generated tokens.")
-SeedOpt = typer.Option(None, "--seed", help="Seed for sampling; sample i of --n uses seed+i.")
+SeedOpt = typer.Option(None, "--seed", help="Seed for sampling; sample i of --n uses seed+i (with --budget: wave k of n samples uses seed+n+100003k).")
 NOpt = typer.Option(1, "--n", help="Number of samples, decoded together from one prompt prefill.")
 StopOpt = typer.Option(None, "--stop", help="Stop at this text (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of streaming text.")
