@@ -40,8 +40,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
-def _summary(name: str, correct: list[bool], latencies: list[float], **extra) -> dict:
+def _summary(name: str, correct: list[bool], latencies: list[float], seeds: int = 1, **extra) -> dict:
+    """Accuracy over every request (with several seeds: their mean, each seed's in `accuracy_by_seed`),
+    latency percentiles over all of them pooled."""
+    size = len(correct) // seeds
+    by_seed = [round(100 * sum(correct[k * size:(k + 1) * size]) / size, 2) for k in range(seeds)]
     return {"name": name, "accuracy": round(100 * sum(correct) / len(correct), 2),
+            **({"accuracy_by_seed": by_seed} if seeds > 1 else {}),
             "p50_s": round(percentile(latencies, 0.5), 4), "p95_s": round(percentile(latencies, 0.95), 4),
             "n": len(correct), **extra, "latencies_s": [round(x, 4) for x in latencies]}
 
@@ -53,8 +58,9 @@ def _over(summary: dict | None, budget: float) -> float | None:
 
 
 def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_correct: Callable,
-              ns: Sequence[int] = FIXED_N, seed: int = 0, progress=None) -> list[dict]:
-    """Greedy, majority@N and best-of-N@N (each verifier), every problem run as it would be served."""
+              ns: Sequence[int] = FIXED_N, seeds: Sequence[int] = (0,), progress=None) -> list[dict]:
+    """Greedy, majority@N and best-of-N@N (each verifier), every problem run as it would be served,
+    once per seed."""
     from edgetts.generate import prompt_tokens, sample_n
 
     engine, cal = controller.engine, controller.calibration
@@ -66,7 +72,8 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         hits.append(is_correct(answer, truth))
         times.append(seconds)
 
-    for i, (prompt, truth) in enumerate(problems):
+    runs = [(seed, i, prompt, truth) for seed in seeds for i, (prompt, truth) in enumerate(problems)]
+    for done, (seed, i, prompt, truth) in enumerate(runs, 1):
         start = time.perf_counter()
         ids = prompt_tokens(engine.tokenizer, prompt)
         greedy = sample_n(engine, ids, 1, SamplingParams(temperature=0.0), max_tokens)
@@ -90,14 +97,15 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
                     choice = aggregate("best_of_n", samples, scores, extract=controller.extract)
                     record(f"best_of_n@{n}+{name}", choice.answer, sampled + time.perf_counter() - began)
         if progress:
-            progress("fixed strategies", i + 1, len(problems))
-    return [_summary(name, hits, times) for name, (hits, times) in outcomes.items()]
+            progress("fixed strategies", done, len(runs))
+    return [_summary(name, hits, times, len(seeds)) for name, (hits, times) in outcomes.items()]
 
 
 def run_controller(controller: Controller, problems: Sequence[tuple[str, str]], budget: float,
-                   is_correct: Callable, progress=None, seed: int = 0) -> dict:
+                   is_correct: Callable, progress=None, seeds: Sequence[int] = (0,)) -> dict:
     correct, latencies, errors, decisions, plans = [], [], [], [], {}
-    for i, (prompt, truth) in enumerate(problems):
+    runs = [(seed, i, prompt, truth) for seed in seeds for i, (prompt, truth) in enumerate(problems)]
+    for done, (seed, i, prompt, truth) in enumerate(runs, 1):
         answer = controller.solve(prompt, budget, truth=truth, seed=problem_seed(i, seed))
         correct.append(is_correct(answer.answer, truth))
         latencies.append(answer.latency_s)
@@ -105,8 +113,8 @@ def run_controller(controller: Controller, problems: Sequence[tuple[str, str]], 
         decisions.append(answer.decision_ms)
         plans[answer.plan.name] = plans.get(answer.plan.name, 0) + 1
         if progress:
-            progress(f"controller @ {budget:.2f}s", i + 1, len(problems))
-    return _summary(f"controller@{budget:.3f}s", correct, latencies, budget_s=round(budget, 4),
+            progress(f"controller @ {budget:.2f}s", done, len(runs))
+    return _summary(f"controller@{budget:.3f}s", correct, latencies, len(seeds), budget_s=round(budget, 4),
                     median_abs_pred_error=round(statistics.median(errors), 4),
                     decision_ms_median=round(statistics.median(decisions), 3),
                     decision_ms_p95=round(percentile(decisions, 0.95), 3),
@@ -141,17 +149,21 @@ def compare(fixed: list[dict], controller: list[dict]) -> dict:
 
 
 def run_bench(controller: Controller, problems: Sequence[tuple[str, str]], is_correct: Callable,
-              multiples: Sequence[float] = MULTIPLES, ns: Sequence[int] = FIXED_N, progress=None) -> dict:
+              multiples: Sequence[float] = MULTIPLES, ns: Sequence[int] = FIXED_N, progress=None,
+              seeds: int = 1) -> dict:
+    """`seeds` > 1 runs every fixed strategy and every budget that many times on different samples
+    (each accuracy is then the mean; latency percentiles pool all runs): one seed's luck moves a
+    200-problem score by about 2 points."""
     started = time.time()
-    fixed = run_fixed(controller, problems, is_correct, ns, progress=progress)
+    fixed = run_fixed(controller, problems, is_correct, ns, seeds=range(seeds), progress=progress)
     greedy_p50 = next(f for f in fixed if f["name"] == "greedy")["p50_s"]
     budgets = [m * greedy_p50 for m in multiples]
-    results = [run_controller(controller, problems, b, is_correct, progress) for b in budgets]
+    results = [run_controller(controller, problems, b, is_correct, progress, seeds=range(seeds)) for b in budgets]
     return {
         "machine": _machine(), "engine": controller.engine.info.to_dict(),
         "profile": controller.profile.name, "calibration": {"source": controller.calibration.source,
                                                              "n_problems": controller.calibration.n_problems},
-        "problems": len(problems), "greedy_p50_s": greedy_p50, "multiples": list(multiples),
+        "problems": len(problems), "seeds": seeds, "greedy_p50_s": greedy_p50, "multiples": list(multiples),
         "fixed": fixed, "controller": results, "goals": compare(fixed, results),
         "seconds": round(time.time() - started, 1),
     }

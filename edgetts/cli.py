@@ -198,6 +198,8 @@ def bench(
     limit: int = LimitOpt,
     multiples: str = typer.Option("1,2,4,8,16,30", "--budgets", help="Budgets as multiples of greedy's median latency."),
     out: str = typer.Option("benchmarks/results/controller.json", "--out", "-o", help="JSON path; the plot goes beside it (.png)."),
+    seeds: int = typer.Option(1, "--seeds", help="Run everything this many times on different samples and average "
+                              "the accuracies (one seed's luck moves a 200-problem score by ~2 points)."),
 ) -> None:
     """Accuracy and p50/p95 latency of greedy, majority@N, best-of-N@N and the controller across budgets."""
     import json
@@ -211,7 +213,7 @@ def bench(
     controller = controller_for(open_family(model, runtime), progress=True)
     with TaskProgress() as progress:
         result = run_bench(controller, problems, same_answer, [float(m) for m in multiples.split(",")],
-                           progress=progress)
+                           progress=progress, seeds=seeds)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))

@@ -297,6 +297,14 @@ def test_bench_seeds_each_request_like_the_fixed_votes_of_its_problem(controller
     run_fixed(c, problems, lambda a, t: a == t, ns=(4,))
     assert seeds == [problem_seed(0), problem_seed(1)] != [0, 0]
     assert (4, problem_seed(1) + 4) in drawn  # majority@4 of problem 1 draws from its request's seed + 4
+    # several seeds: every problem again on other samples, the accuracy their mean
+    seeds.clear()
+    summary = run_controller(c, problems, 0.5, lambda a, t: a == t, seeds=(0, 1))
+    assert seeds == [problem_seed(0, 0), problem_seed(1, 0), problem_seed(0, 1), problem_seed(1, 1)]
+    assert len(summary["accuracy_by_seed"]) == 2 and summary["n"] == 4 and len(summary["latencies_s"]) == 4
+    assert summary["accuracy"] == pytest.approx(sum(summary["accuracy_by_seed"]) / 2)
+    fixed = run_fixed(c, problems, lambda a, t: a == t, ns=(4,), seeds=(0, 1))
+    assert (4, problem_seed(1, 1) + 4) in drawn and all(f["n"] == 4 for f in fixed)
 
 
 def test_pareto_frontier_keeps_only_unbeaten_points():
