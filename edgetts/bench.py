@@ -34,6 +34,11 @@ def problem_seed(i: int, seed: int = 0) -> int:
     return seed * 7919 + i * 131
 
 
+def _requests(problems: Sequence[tuple[str, str]], seeds: Sequence[int]) -> list[tuple[int, str, str]]:
+    """(base seed, prompt, truth) of every request a bench run makes: each problem once per seed."""
+    return [(problem_seed(i, seed), prompt, truth) for seed in seeds for i, (prompt, truth) in enumerate(problems)]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     index = min(max(int(round(q * (len(ordered) - 1))), 0), len(ordered) - 1)
@@ -72,15 +77,15 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
         hits.append(is_correct(answer, truth))
         times.append(seconds)
 
-    runs = [(seed, i, prompt, truth) for seed in seeds for i, (prompt, truth) in enumerate(problems)]
-    for done, (seed, i, prompt, truth) in enumerate(runs, 1):
+    runs = _requests(problems, seeds)
+    for done, (base_seed, prompt, truth) in enumerate(runs, 1):
         start = time.perf_counter()
         ids = prompt_tokens(engine.tokenizer, prompt)
         greedy = sample_n(engine, ids, 1, SamplingParams(temperature=0.0), max_tokens)
         record("greedy", aggregate("single", greedy, extract=controller.extract).answer, time.perf_counter() - start)
         controller.observe_wave(len(ids), greedy, time.perf_counter() - start)  # serving keeps the profile fresh
         for n in ns:
-            params = cal.sampling(seed=problem_seed(i, seed) + n)
+            params = cal.sampling(seed=base_seed + n)
             for repair in (None, controller.repair) if controller.repair else (None,):
                 start = time.perf_counter()
                 ids = prompt_tokens(engine.tokenizer, prompt)
@@ -104,9 +109,9 @@ def run_fixed(controller: Controller, problems: Sequence[tuple[str, str]], is_co
 def run_controller(controller: Controller, problems: Sequence[tuple[str, str]], budget: float,
                    is_correct: Callable, progress=None, seeds: Sequence[int] = (0,)) -> dict:
     correct, latencies, errors, decisions, plans = [], [], [], [], {}
-    runs = [(seed, i, prompt, truth) for seed in seeds for i, (prompt, truth) in enumerate(problems)]
-    for done, (seed, i, prompt, truth) in enumerate(runs, 1):
-        answer = controller.solve(prompt, budget, truth=truth, seed=problem_seed(i, seed))
+    runs = _requests(problems, seeds)
+    for done, (base_seed, prompt, truth) in enumerate(runs, 1):
+        answer = controller.solve(prompt, budget, truth=truth, seed=base_seed)
         correct.append(is_correct(answer.answer, truth))
         latencies.append(answer.latency_s)
         errors.append(abs(answer.predicted_latency_s - answer.latency_s) / answer.latency_s)

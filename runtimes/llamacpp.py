@@ -126,9 +126,10 @@ class LlamaCppEngine(BaseEngine):
         return np.ctypeslib.as_array(logits, shape=(len(wanted), self.info.n_vocab)).copy()
 
     def _adapt_threads(self) -> None:
-        if self._cores is not None and self._cores.update() != self._threads:
-            self._threads = self._cores.threads
-            self._lib.llama_set_n_threads(self._ctx, self._single or self._threads, self._threads)
+        threads = self._cores.update() if self._cores is not None else self._threads
+        if threads != self._threads:
+            self._threads = threads
+            self._lib.llama_set_n_threads(self._ctx, self._single or threads, threads)
 
     @property
     def threads(self) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from edgetts.runtimes.cores import FreeCores, busy_seconds
 
 
@@ -55,7 +57,7 @@ def test_without_a_cpu_reading_the_count_stays_at_the_most():
 def test_this_machine_reports_busy_seconds_that_grow():
     first = busy_seconds()
     if first is None:
-        return  # no /proc/stat (macOS, Windows): FreeCores keeps the most
+        pytest.skip("no /proc/stat here (macOS, Windows): FreeCores keeps the most")
     sum(i * i for i in range(200_000))
     assert busy_seconds() >= first > 0
 
