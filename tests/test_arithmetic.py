@@ -94,6 +94,16 @@ def test_splits_are_fixed_unique_disjoint_and_never_trained_on():
         A.split("train")
 
 
+def test_the_calibration_split_is_dev_and_more_per_level_and_never_test():
+    calibration, dev = A.split("calibration"), A.split("dev")
+    per_level = A.SPLIT_PER_LEVEL + A.CALIBRATION_EXTRA_PER_LEVEL
+    assert [p.level for p in calibration] == [level for level in A.LEVELS for _ in range(per_level)]
+    assert set(dev) <= set(calibration) and len({p.expression for p in calibration}) == len(calibration)
+    assert not {p.expression for p in calibration} & {p.expression for p in A.split("test")}
+    A.split.cache_clear()
+    assert A.split("calibration") == calibration, "fixed: the same problems every time"
+
+
 def test_parse_rejects_garbage():
     with pytest.raises(ValueError, match="cannot parse"):
         A.parse("2+x")
