@@ -41,7 +41,7 @@ SELECTORS = ("best_of_n", "weighted_best_of_n", "best_of_majority")
 WAVES = (1, 2, 4)
 N_MAX_ADAPTIVE = (4, 8, 12, 16)
 GAIN_PROOF_SE = 1.0  # standard errors a plan's gain over the plain vote must clear (see _discount_unproven_gains)
-N_BINS = 3  # difficulty bins (quantiles of the dev problems' difficulty)
+N_BINS = 3  # difficulty bins (quantiles of the calibration problems' difficulty)
 # Finer bins for how many waves an adaptive plan draws, read between their centres: inside one of
 # the three bins the built-in family's best-of-16 in waves of 4 goes from 1.0 waves to 2.8.
 WAVE_BINS = 8

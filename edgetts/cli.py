@@ -166,7 +166,8 @@ def profile_cmd(
 @app.command()
 def calibrate(
     model: str = ModelOpt, runtime: str = RuntimeOpt,
-    data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded task's calibration split (dev + 800 more, 1000 problems)."),
+    data: str = typer.Option(None, "--data", help="JSONL of {\"prompt\", \"answer\"}; default: the embedded task's "
+                             "calibration split (dev + 800 more, 1000 problems)."),
     n: int = typer.Option(32, "--n", help="Samples per problem (>= 2x the largest N you want planned)."),
     limit: int = LimitOpt,
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
@@ -181,8 +182,9 @@ def calibrate(
 
     family = open_family(model, runtime)
     with TaskProgress() as progress:
-        cal, path = fit_calibration(family, labelled_problems(data, split="calibration", limit=limit), n=n, temperature=temperature,
-                                    min_p=min_p, max_tokens=max_tokens, progress=progress, reuse_samples=reuse)
+        problems = labelled_problems(data, split="calibration", limit=limit)
+        cal, path = fit_calibration(family, problems, n=n, temperature=temperature, min_p=min_p,
+                                    max_tokens=max_tokens, progress=progress, reuse_samples=reuse)
     greedy, best = cal.plans["greedy|1|1|"].accuracy, max(cal.plans.items(), key=lambda kv: kv[1].accuracy)
     typer.echo(f"{cal.n_problems} problems x {cal.samples_per_problem} samples: greedy {greedy:.1%}, best plan "
                f"{best[0]} {best[1].accuracy:.1%}, pass@{cal.samples_per_problem} {cal.coverage['pass_at_k'][-1]:.1%}")

@@ -30,7 +30,7 @@ N_SEQ_MAX = 17  # 16 samples + the prompt they fork from
 # ONNX Runtime's pool has no such watch, so it keeps one thread.
 EMBEDDED_THREADS = {"gguf": {"single_token_threads": 1}, "onnx": {"n_threads": 1}}
 EMBEDDED = "embedded"
-SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the dev split
+SHIPPED_CALIBRATION = "embedded.calibration.json"  # in edgetts.profiles, fitted on the calibration split
 
 
 @dataclass
