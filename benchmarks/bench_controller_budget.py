@@ -7,7 +7,8 @@
 run, so a fixed strategy whose p95 sits near 8x greedy fits that budget in one run and not in the
 next. This one holds the budgets fixed and runs the fixed strategies of one N and the controller
 on the same seeds (common random numbers, as `edgetts bench`), so the two can be compared where
-the fixed strategy fits. Writes JSON (default `benchmarks/results/controller_budget.json`).
+the fixed strategy fits. Writes JSON laid out like `edgetts bench`'s, goal checks included
+(default `benchmarks/results/controller_budget.json`).
 """
 
 from __future__ import annotations
@@ -33,31 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     problems = session.labelled_problems(split="test")
     seeds = range(args.seeds)
     fixed = bench.run_fixed(controller, problems, session.same_answer, ns=(args.n,), seeds=seeds)
-    budgets = [float(b) for b in args.budgets.split(",")]
-    runs = [bench.run_controller(controller, problems, b, session.same_answer, seeds=seeds) for b in budgets]
-    result = {
-        "problems": len(problems), "seeds": args.seeds, "n": args.n,
-        "fixed": [_summary(f) for f in fixed],
-        "controller": [dict(_summary(r), budget_s=b, fitting_fixed=_best_fitting(fixed, b)) for r, b in zip(runs, budgets)],
-        "seconds": round(time.time() - started),
-    }
+    runs = [bench.run_controller(controller, problems, float(b), session.same_answer, seeds=seeds)
+            for b in args.budgets.split(",")]
+    # the same layout and goal checks as `edgetts bench` (bench.compare names the best fixed that fits)
+    result = {"problems": len(problems), "seeds": args.seeds, "n": args.n, "fixed": fixed, "controller": runs,
+              "goals": bench.compare(fixed, runs), "seconds": round(time.time() - started)}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
-    for row in result["controller"]:
-        best = row["fitting_fixed"]
-        print(f"{row['budget_s']:.3f}s: controller {row['accuracy']}% (p95 {row['p95_s']}s) vs "
-              f"{best['name'] if best else 'no fixed strategy'} {best['accuracy'] if best else ''}")
+    for row in result["goals"]["by_budget"]:
+        print(f"{row['budget_s']:.3f}s: controller {row['controller_accuracy']}% (p95/budget {row['p95_over_budget']}) "
+              f"vs best fixed that fits {row['best_fixed']} {row['best_fixed_accuracy']}%")
     print(f"wrote {path}")
-
-
-def _summary(run: dict) -> dict:
-    return {k: run[k] for k in ("name", "accuracy", "accuracy_by_seed", "p50_s", "p95_s") if k in run}
-
-
-def _best_fitting(fixed: list[dict], budget: float) -> dict | None:
-    fits = [f for f in fixed if f["p95_s"] <= budget]
-    return _summary(max(fits, key=lambda f: f["accuracy"])) if fits else None
 
 
 if __name__ == "__main__":
