@@ -21,12 +21,15 @@ Stable names (the controller and the embedded models build on them):
 - `check(text, answer) -> bool`: the parsed answer equals `answer` exactly.
 - `check_steps(text) -> StepCheck`: re-verifies every written `a op b = v` step, and that the answer
   equals the last step, without knowing the true answer.
+- `follows_prompt(expression, text) -> bool`: every step is an operation the prompt allows at that
+  point, its operands read right, whatever its arithmetic (catches misreads and dropped terms).
 - `split("dev" | "test") -> list[Problem]`: fixed held-out sets; `is_held_out(expression)`;
   `training_problem(rng, level)` never returns a held-out expression.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 import statistics
@@ -462,6 +465,76 @@ def check_steps(text: str) -> StepCheck:
     wrong = [f"{a}{op}{b}={v}" for a, op, b, v in found if OPS[op](int(a), int(b)) != int(v)]
     last = int(found[-1][3]) if found else None
     return StepCheck(len(found), wrong, answer, answer is not None and answer == last)
+
+
+def follows_prompt(expression: str, text: str) -> bool:
+    """Whether each written step is an operation `expression` allows at that point, taking each
+    written result as given, and the answer is what those steps leave.
+
+    An operand must be a number the prompt or an earlier step left ready to combine, and steps may
+    be written any of the ways `solve` writes them (either operand order, split products and sums).
+    This sees what `check_steps` cannot: a misread operand or a dropped term. Most of the
+    generator's wrong samples that are sure of their arithmetic fail here (the model card).
+    """
+    steps = [(int(a), "*" if op in "×x" else op, int(b), int(v))
+             for a, op, b, v in STEP.findall(text.split("Answer:")[0])]
+    return bool(steps) and _follows(parse(expression), steps, parse_answer(text))
+
+
+def _follows(tree, steps: list[tuple], answer: int | None) -> bool:
+    if isinstance(tree, int):
+        return not steps and tree == answer
+    return any(_follows(after, steps[used:], answer) for used, after in _written_moves(tree, steps))
+
+
+def _written_moves(tree, steps: list[tuple]):
+    """(steps used, tree after) for each operation allowed now that `steps` begins with."""
+    for k, node in enumerate(_ready(tree)):
+        if isinstance(node, Prod):
+            nums = [i for i, f in enumerate(node.factors) if isinstance(f, int)]
+            pairs = [(i, j) for i in nums for j in nums if i < j]
+            written = [(i, j, used, value) for i, j in pairs
+                       for used, value in _written_products(node.factors[i], node.factors[j], steps)]
+        else:
+            written = [(i, j, used, value) for i, j in _sum_pairs(node)
+                       for used, value in _written_sums(node.terms[i], node.terms[j], steps)]
+        for i, j, used, value in written:
+            after = copy.deepcopy(tree)
+            target = _ready(after)[k]  # the same node in the copy: _ready walks both alike
+            if isinstance(target, Prod):
+                target.factors[i] = value
+                del target.factors[j]
+            else:
+                target.terms[i] = value
+                del target.terms[j]
+            yield used, _collapse(after)
+
+
+def _written_products(a: int, b: int, steps: list[tuple]):
+    """(steps used, written result) for each way `steps` begins with a*b, as `_multiply` writes it."""
+    if steps and steps[0][1] == "*" and sorted((steps[0][0], steps[0][2])) == sorted((a, b)):
+        yield 1, steps[0][3]
+    for x, y in ((a, b), (b, a)):
+        if x >= 10 and x % 10 and len(steps) >= 3:
+            (p, po, q, high), (r, ro, s, low), (t, to, u, total) = steps[:3]
+            if (po == ro == "*" and to == "+" and sorted((p, q)) == sorted((y, x - x % 10))
+                    and sorted((r, s)) == sorted((y, x % 10)) and sorted((t, u)) == sorted((high, low))):
+                yield 3, total
+
+
+def _written_sums(first: tuple, second: tuple, steps: list[tuple]):
+    """(steps used, written signed term) for each way `steps` begins with combining two terms."""
+    (s1, a), (s2, b) = first, second
+    if s1 == s2:
+        ways, sign = [(a, "+", b), (b, "+", a)], s1
+    else:
+        ways, sign = [(a, "-", b) if s1 > 0 else (b, "-", a)], 1
+    for x, op, y in ways:
+        if steps and steps[0][:3] == (x, op, y):
+            yield 1, (sign, steps[0][3])
+        if y >= 10 and y % 10 and len(steps) >= 2 and steps[0][:3] == (x, op, y - y % 10) \
+                and steps[1][:3] == (steps[0][3], op, y % 10):
+            yield 2, (sign, steps[1][3])
 
 
 def training_text(problem: Problem, rng: random.Random | None = None) -> tuple[str, str]:

@@ -80,6 +80,32 @@ def test_step_checker_finds_wrong_steps_and_answer_mismatch():
     assert not A.check_steps("What is 2+2?\nAnswer: 4").ok, "an answer without steps is not verified"
 
 
+def test_every_path_solve_writes_follows_its_prompt():
+    rng = random.Random(5)
+    for _ in range(300):
+        problem = A.training_problem(rng, rng.choice(A.LEVELS))
+        assert A.follows_prompt(problem.expression, A.solve(problem.expression, rng)), problem.expression
+
+
+@pytest.mark.parametrize("solution, follows", [
+    ("37*48=1776, 1776+15=1791\nAnswer: 1791", True),
+    ("37*40=1480, 8*37=296, 296+1480=1776, 15+1776=1791\nAnswer: 1791", True),  # split product
+    ("37*48=1766, 1766+15=1781\nAnswer: 1781", True),  # wrong arithmetic, right reading
+    ("37*48=1776, 1776+17=1793\nAnswer: 1793", False),  # misread 15 as 17
+    ("37*48=1776\nAnswer: 1776", False),  # dropped a term
+    ("48+15=63, 37*63=2331\nAnswer: 2331", False),  # added before multiplying
+    ("37*48=1776, 1776+15=1791\nAnswer: 1790", False),  # answer is not the last result
+])
+def test_follows_prompt_sees_misreads_and_dropped_terms(solution, follows):
+    assert A.follows_prompt("37*48+15", "What is 37*48+15?\n" + solution) is follows
+
+
+def test_follows_prompt_reads_split_sums_and_differences():
+    assert A.follows_prompt("70-5-28", "\n70-20=50, 50-8=42, 42-5=37\nAnswer: 37")
+    assert A.follows_prompt("(12+47)*2", "\n12+40=52, 52+7=59, 59*2=118\nAnswer: 118")
+    assert not A.follows_prompt("70-5-28", "\n70-20=50, 50-5=45, 45-8=37\nAnswer: 37")
+
+
 def test_splits_are_fixed_unique_disjoint_and_never_trained_on():
     dev, test = A.split("dev"), A.split("test")
     assert len(dev) == len(test) == 5 * A.SPLIT_PER_LEVEL
