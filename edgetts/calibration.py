@@ -597,6 +597,17 @@ def rescore(records: Sequence[Record], verifiers: dict, progress: Callable[[int,
             progress(i + 1, len(records))
 
 
+def refresh_free_scores(records: Sequence[Record], verifiers: dict) -> None:
+    """Re-score stored samples with every programmatic checker (free, and it may have changed since
+    they were drawn), then every product of verifiers from its parts' stored scores."""
+    rescore(records, {k: v for k, v in verifiers.items() if not getattr(v, "generative", True)})
+    for name, verifier in verifiers.items():
+        parts = [next((k for k, v in verifiers.items() if v is part), None) for part in getattr(verifier, "parts", ())]
+        if parts and None not in parts:
+            for sample in (s for r in records for s in r.samples):
+                sample.scores[name] = math.prod(sample.scores[k] for k in parts)
+
+
 def save_records(records: Sequence[Record], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

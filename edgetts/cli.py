@@ -173,7 +173,7 @@ def calibrate(
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature the plans will use."),
     min_p: float = typer.Option(0.2, "--min-p", help="Min-p filter the plans will use (0: off): drops unlikely slips, keeps the likely paths."),
     max_tokens: int = typer.Option(160, "--max-tokens", help="Longest answer drawn while calibrating."),
-    reuse: bool = typer.Option(False, "--reuse-samples", help="Re-fit from the samples saved last time (new verifiers score them)."),
+    reuse: bool = typer.Option(False, "--reuse-samples", help="Re-fit from the samples saved last time (model verifiers they lack score them; programmatic checkers re-score them all)."),
 ) -> None:
     """Fit accuracy per strategy and N, coverage, verifier quality and answer lengths; save beside the profile."""
     from edgetts.session import calibrate as fit_calibration

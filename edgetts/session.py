@@ -76,7 +76,7 @@ def _embedded(runtime: str | None, n_seq_max: int) -> Family:
     engine = load(embedded.artifact("generator", fmt), runtime=runtime, n_seq_max=n_seq_max,
                   **EMBEDDED_THREADS[fmt])
     load_seconds = time.perf_counter() - start
-    verifiers = {"steps": CheckerVerifier(lambda prompt, text: arithmetic.check_steps(text).ok, name="steps")}
+    verifiers = {"steps": CheckerVerifier(arithmetic.check_work, name="steps")}
     judge = _optional_builtin("verifier", fmt, runtime, n_seq_max)
     if judge is not None:
         yes, no = embedded.VERIFIER_WORDS
@@ -277,9 +277,10 @@ def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temp
     """Collect samples on labelled problems, fit the calibration and save it beside the profile.
 
     Returns (calibration, path). The raw samples are kept too (`.samples.jsonl`); with
-    `reuse_samples`, they are loaded instead of drawn again and only verifiers they lack score them.
+    `reuse_samples`, they are loaded instead of drawn again: model verifiers they lack score them,
+    and programmatic checkers (free) score them all again.
     """
-    from edgetts.calibration import fit, load_records, rescore, save_records
+    from edgetts.calibration import fit, load_records, refresh_free_scores, rescore, save_records
 
     path = Path(out) if out else calibration_path(family)
     samples_path = path.with_suffix("").with_suffix(".samples.jsonl")
@@ -290,6 +291,7 @@ def calibrate(family: Family, problems: list[tuple[str, str]], n: int = 32, temp
             record.difficulty = family.difficulty(record.prompt) if family.difficulty else None
         missing = {k: v for k, v in family.verifiers.items() if k not in records[0].samples[0].scores}
         rescore(records, missing, progress=step("scoring"))
+        refresh_free_scores(records, family.verifiers)
     else:
         records = _collect(family, problems, n, temperature, min_p, max_tokens, step("sampling"))
     save_records(records, samples_path)

@@ -106,6 +106,22 @@ def test_follows_prompt_reads_split_sums_and_differences():
     assert not A.follows_prompt("70-5-28", "\n70-20=50, 50-5=45, 45-8=37\nAnswer: 37")
 
 
+def test_follows_prompt_gives_up_on_huge_searches_instead_of_hanging():
+    expression = "+".join(["1"] * 40)
+    wrong = "\n" + ", ".join(["1+1=2"] * 20) + "\nAnswer: 40"  # leaves twenty 2s unsummed
+    assert A.follows_prompt(expression, wrong, max_states=200), "past the limit it cannot tell, so it passes"
+    assert not A.follows_prompt("1+1+1+1", "\n1+1=2, 1+1=2\nAnswer: 2")
+
+
+def test_check_work_needs_true_steps_and_a_right_reading():
+    prompt = "What is 37*48+15?"
+    assert A.check_work(prompt, "\n37*48=1776, 1776+15=1791\nAnswer: 1791")
+    assert not A.check_work(prompt, "\n37*48=1776, 1776+17=1793\nAnswer: 1793"), "misread: true arithmetic"
+    assert not A.check_work(prompt, "\n37*48=1766, 1766+15=1781\nAnswer: 1781"), "right reading, false step"
+    assert A.check_work("Compute 37*48+15", "\n37*48=1776, 1776+17=1793\nAnswer: 1793"), \
+        "a prompt outside the task's format is judged on its arithmetic only"
+
+
 def test_splits_are_fixed_unique_disjoint_and_never_trained_on():
     dev, test = A.split("dev"), A.split("test")
     assert len(dev) == len(test) == 5 * A.SPLIT_PER_LEVEL

@@ -207,6 +207,26 @@ def test_rescore_adds_a_verifier_to_stored_samples():
     assert all(s.scores["is4"] == float(s.correct) for s in records[0].samples)
 
 
+def test_refresh_rescores_changed_checkers_and_their_products_but_not_model_verifiers():
+    from edgetts.calibration import refresh_free_scores, rescore
+    from edgetts.verifiers import CheckerVerifier, ProductVerifier
+
+    engine = SlowEngine(delay=0.0, script=answering_script(), n_seq_max=8)
+    records = collect(engine, [("What is 2+2?", "4")], n=6, temperature=1.0, max_tokens=20,
+                      is_correct=lambda a, t: a == t)
+    model = CheckerVerifier(lambda p, text: 0.5, name="model")
+    model.generative = True  # stands in for a model verifier: its stored scores must be kept
+    old = {"check": CheckerVerifier(lambda p, text: 1.0), "model": model}
+    rescore(records, {**old, "both": ProductVerifier(*old.values())})
+    new = {"check": CheckerVerifier(lambda p, text: float(text.strip() == "4")),
+           "model": CheckerVerifier(lambda p, text: 0.9)}
+    new["model"].generative = True
+    refresh_free_scores(records, {**new, "both": ProductVerifier(*new.values())})
+    for s in records[0].samples:
+        assert s.scores["check"] == float(s.correct) and s.scores["model"] == 0.5
+        assert s.scores["both"] == 0.5 * float(s.correct)
+
+
 def test_a_task_difficulty_feature_replaces_prompt_tokens():
     records = synthetic(20)
     for r in records:  # a feature that tracks answer length exactly: length = 2 * tokens (+-3)
