@@ -601,8 +601,9 @@ def refresh_free_scores(records: Sequence[Record], verifiers: dict) -> None:
     """Re-score stored samples with every programmatic checker (free, and it may have changed since
     they were drawn), then every product of verifiers from its parts' stored scores."""
     rescore(records, {k: v for k, v in verifiers.items() if not getattr(v, "generative", True)})
+    name_of = {id(v): k for k, v in verifiers.items()}
     for name, verifier in verifiers.items():
-        parts = [next((k for k, v in verifiers.items() if v is part), None) for part in getattr(verifier, "parts", ())]
+        parts = [name_of.get(id(part)) for part in getattr(verifier, "parts", ())]
         if parts and None not in parts:
             for sample in (s for r in records for s in r.samples):
                 sample.scores[name] = math.prod(sample.scores[k] for k in parts)
