@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from edgetts import arithmetic
+from edgetts.calibration import auroc
 from edgetts.embedded import evaluate as ev
 
 OUT = Path(__file__).resolve().parent / "results" / "verifier_headroom.json"
@@ -41,13 +42,15 @@ def sample_logprobs(model, tok, prompt: str, completions: list[str]) -> list[flo
 
 
 def within_problem_auroc(scores: list[list[float]], labels: list[list[bool]]) -> float:
-    """P(a positive sample scores above a negative one of the same problem), ties half."""
+    """P(a positive sample scores above a negative one of the same problem), ties half: each
+    problem's AUROC, weighted by its number of (positive, negative) pairs."""
     wins = pairs = 0.0
     for group, flags in zip(scores, labels):
         pos = [s for s, f in zip(group, flags) if f]
         neg = [s for s, f in zip(group, flags) if not f]
-        wins += sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-        pairs += len(pos) * len(neg)
+        if pos and neg:
+            wins += auroc(pos, neg) * len(pos) * len(neg)
+            pairs += len(pos) * len(neg)
     return round(wins / pairs, 3)
 
 
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     verdict = [flat[i * n:(i + 1) * n] for i in range(len(problems))]
     right = [[arithmetic.check(t, p.answer) for t in g] for p, g in zip(problems, samples)]
     follows = [[arithmetic.follows_prompt(p.expression, t) for t in g] for p, g in zip(problems, samples)]
-    legal = [[f and arithmetic.check_steps(t).ok for f, t in zip(fs, g)] for fs, g in zip(follows, samples)]
+    legal = [[arithmetic.check_work(p.prompt, t) for t in g] for p, g in zip(problems, samples)]
     answers = [[arithmetic.parse_answer(t) for t in g] for g in samples]
     first = [list(range(n, 0, -1))] * len(problems)  # samples come in random order: the first is a coin
 

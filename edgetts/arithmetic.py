@@ -459,11 +459,15 @@ def first_wrong_step(text: str) -> int | None:
     return None
 
 
+def _written_steps(text: str) -> list[tuple[str, str, str, str]]:
+    """Every `a op b = v` written before the answer line, as strings."""
+    return STEP.findall(text.split("Answer:")[0])
+
+
 def check_steps(text: str) -> StepCheck:
     """Re-verify each written `a op b = v` before the answer, without knowing the true answer."""
     answer = parse_answer(text)
-    work = text.split("Answer:")[0]
-    found = STEP.findall(work)
+    found = _written_steps(text)
     wrong = [f"{a}{op}{b}={v}" for a, op, b, v in found if OPS[op](int(a), int(b)) != int(v)]
     last = int(found[-1][3]) if found else None
     return StepCheck(len(found), wrong, answer, answer is not None and answer == last)
@@ -480,16 +484,16 @@ def follows_prompt(expression: str, text: str, max_states: int = 1_000) -> bool:
     search gives up and passes the text after `max_states` states or past Python's recursion limit
     (expressions far beyond the task's five operands): it cannot tell, so it does not reject.
     """
-    steps = [(int(a), "*" if op in "×x" else op, int(b), int(v))
-             for a, op, b, v in STEP.findall(text.split("Answer:")[0])]
+    steps = [(int(a), "*" if op in "×x" else op, int(b), int(v)) for a, op, b, v in _written_steps(text)]
     answer, seen = parse_answer(text), set()
 
     def follows(tree, k: int) -> bool:
         if isinstance(tree, int):
             return k == len(steps) and tree == answer
-        if (repr(tree), k) in seen:  # reached before by another order of the same operations
+        state = (repr(tree), k)
+        if state in seen:  # reached before by another order of the same operations
             return False
-        seen.add((repr(tree), k))
+        seen.add(state)
         if len(seen) > max_states:
             raise _SearchTooLarge
         return any(follows(after, k + used) for used, after in _written_moves(tree, steps[k:]))
